@@ -1,0 +1,1 @@
+"""Converters between PyTorch state dicts (diffusers, transformers, torchvision, the DP-IQA authors') and our Flax variables."""

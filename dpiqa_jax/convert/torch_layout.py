@@ -1,0 +1,303 @@
+"""PyTorch state dicts <-> Flax variables: the one place where tensor layouts change.
+
+Flax modules in this project mirror PyTorch attribute names, with a numeric component joined to
+the one before it (`down_blocks.0.resnets.1.conv1.weight` <-> `down_blocks_0/resnets_1/conv1`).
+The Flax target tree decides what a torch leaf becomes (a `weight` is a `kernel`, a `scale` or an
+`embedding` depending on the module), so one mechanism serves every model we convert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+Array = np.ndarray
+FlatPath = tuple[str, ...]
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_LIST_SHOWN = 20
+
+
+class StateDictMismatchError(ValueError):
+    """A state dict does not fit the model: lists the missing, unexpected and mis-shaped tensors."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutTransform:
+    """A per-key layout change that the default rules do not cover (e.g. ConvTranspose weights)."""
+
+    to_flax: Callable[[Array], Array]
+    to_torch: Callable[[Array], Array]
+
+
+def flax_path_for_torch_key(key: str) -> FlatPath:
+    """`a.b.0.c.1.2.weight` -> ('a', 'b_0', 'c_1_2', 'weight'): numbers join the name before them."""
+    path: list[str] = []
+    for part in key.split("."):
+        if part.isdigit() and path:
+            path[-1] = f"{path[-1]}_{part}"
+        else:
+            path.append(part)
+    return tuple(path)
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Array]:
+    """Reads a .safetensors file memory-mapped, without torch (bf16 through ml_dtypes)."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError(f"header length {header_len} exceeds the file size {size}")
+            header = json.loads(f.read(header_len))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    header.pop("__metadata__", None)
+    data_start = 8 + header_len
+    raw = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
+    tensors = {}
+    for name, info in header.items():
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        if data_start + end > size:
+            raise ValueError(
+                f"{path}: truncated file: tensor {name!r} ends at byte {data_start + end}, "
+                f"file has {size} bytes")
+        buf = raw[data_start + begin:data_start + end]
+        tensors[name] = buf.view(dtype).reshape(info["shape"])
+    return tensors
+
+
+def read_torch_file(path: str | os.PathLike) -> dict[str, Array]:
+    """Reads a torch pickle (.bin/.pth/.pt) state dict; needs torch, loads tensors only."""
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as err:
+        raise ImportError(f"{path}: reading a torch pickle needs torch; use .safetensors") from err
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt pickles
+        raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from err
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return {k: _torch_tensor_to_numpy(v) for k, v in obj.items()}
+
+
+def _torch_tensor_to_numpy(tensor: Any) -> Array:
+    import torch  # pylint: disable=import-outside-toplevel
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def read_state_dict_file(path: str | os.PathLike) -> dict[str, Array]:
+    """A state dict from .safetensors (no torch needed) or a torch pickle, errors naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file not found: {path}")
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    return read_torch_file(path)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _flatten(tree: Mapping[str, Any], prefix: FlatPath = ()) -> dict[FlatPath, Any]:
+    flat = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix + (name,)))
+        else:
+            flat[prefix + (name,)] = value
+    return flat
+
+
+def _unflatten(flat: Mapping[FlatPath, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _default_to_flax(torch_leaf: str, flax_leaf: str, tensor: Array, shape: tuple) -> Array:
+    if flax_leaf == "kernel":
+        if tensor.ndim == 4 and len(shape) == 2:  # 1x1 conv stored for a Dense (old VAE attention)
+            tensor = tensor[:, :, 0, 0]
+        if tensor.ndim == 4:
+            return np.transpose(tensor, (2, 3, 1, 0))
+        if tensor.ndim == 2:
+            return tensor.T
+    return tensor
+
+
+def _default_to_torch(flax_leaf: str, value: Array, torch_shape: tuple) -> Array:
+    if flax_leaf == "kernel":
+        if value.ndim == 4:
+            return np.transpose(value, (3, 2, 0, 1))
+        if value.ndim == 2:
+            value = value.T
+            return value.reshape(torch_shape) if len(torch_shape) == 4 else value
+    return value
+
+
+_LEAF_CANDIDATES = {
+    "weight": (("params", "kernel"), ("params", "scale"), ("params", "embedding")),
+    "bias": (("params", "bias"),),
+    "running_mean": (("batch_stats", "mean"),),
+    "running_var": (("batch_stats", "var"),),
+}
+
+
+def _resolve_flax_path(key: str, target_flat: Mapping[FlatPath, Any]) -> FlatPath | None:
+    """The (collection, *module path, leaf) a torch key lands on, or None if the target lacks it."""
+    path = flax_path_for_torch_key(key)
+    module, leaf = path[:-1], path[-1]
+    for collection, flax_leaf in _LEAF_CANDIDATES.get(leaf, ()):
+        candidate = (collection,) + module + (flax_leaf,)
+        if candidate in target_flat:
+            return candidate
+    direct = ("params",) + path  # a bare nn.Module parameter such as DP-IQA's `gamma`
+    return direct if direct in target_flat else None
+
+
+def _format_list(title: str, lines: Sequence[str]) -> str:
+    shown = "\n  ".join(lines[:_LIST_SHOWN])
+    more = f"\n  ... and {len(lines) - _LIST_SHOWN} more" if len(lines) > _LIST_SHOWN else ""
+    return f"{title} ({len(lines)}):\n  {shown}{more}"
+
+
+def _raise_mismatch(source: str, missing, unexpected, misshaped) -> None:
+    parts = []
+    if missing:
+        parts.append(_format_list("missing from the state dict", missing))
+    if unexpected:
+        parts.append(_format_list("unexpected in the state dict", unexpected))
+    if misshaped:
+        parts.append(_format_list("shape mismatch (torch key: got -> expected)", misshaped))
+    if parts:
+        raise StateDictMismatchError(f"{source} does not fit the model.\n" + "\n".join(parts))
+
+
+def torch_to_flax(
+    state_dict: Mapping[str, Array],
+    target: Mapping[str, Any],
+    *,
+    ignore: Sequence[str] = (),
+    transforms: Mapping[str, LayoutTransform] | None = None,
+    source: str = "state dict",
+) -> dict[str, Any]:
+    """Maps a torch state dict onto a Flax variables tree, strictly.
+
+    Args:
+      state_dict: torch key -> numpy array.
+      target: the model's variables tree; leaves need only `.shape` (e.g. from `jax.eval_shape`).
+      ignore: regexes (`re.search`) of torch keys to drop.
+      transforms: per torch key, a layout change replacing the default rules.
+      source: a name for error messages (usually the file path).
+
+    Returns:
+      A variables dict of numpy arrays with exactly the target's structure.
+
+    Raises:
+      StateDictMismatchError: naming every missing, unexpected or mis-shaped tensor.
+    """
+    transforms = transforms or {}
+    ignore_res = [re.compile(p) for p in ignore]
+    target_flat = {path: tuple(leaf.shape) for path, leaf in _flatten(target).items()}
+    converted: dict[FlatPath, Array] = {}
+    unexpected, misshaped = [], []
+    for key, tensor in state_dict.items():
+        if any(r.search(key) for r in ignore_res):
+            continue
+        flax_path = _resolve_flax_path(key, target_flat)
+        if flax_path is None:
+            unexpected.append(f"{key} {tuple(tensor.shape)}")
+            continue
+        expected = target_flat[flax_path]
+        tensor = np.asarray(tensor)
+        if key in transforms:
+            value = transforms[key].to_flax(tensor)
+        else:
+            value = _default_to_flax(key.rsplit(".", 1)[-1], flax_path[-1], tensor, expected)
+        if tuple(value.shape) != expected:
+            misshaped.append(f"{key}: {tuple(tensor.shape)} -> flax {'/'.join(flax_path)} "
+                             f"{expected}")
+            continue
+        converted[flax_path] = value
+    missing = [f"{'/'.join(p)} {s}" for p, s in target_flat.items() if p not in converted]
+    _raise_mismatch(source, missing, unexpected, misshaped)
+    return _unflatten(converted)
+
+
+def flax_to_torch(
+    variables: Mapping[str, Any],
+    torch_shapes: Mapping[str, Sequence[int]],
+    *,
+    transforms: Mapping[str, LayoutTransform] | None = None,
+) -> dict[str, Array]:
+    """The reverse of `torch_to_flax`, driven by the torch key -> shape list of the target layout.
+
+    Every Flax leaf must be claimed by exactly one torch key, so nothing is silently dropped.
+    """
+    transforms = transforms or {}
+    flat = {path: np.asarray(value) for path, value in _flatten(variables).items()}
+    state_dict: dict[str, Array] = {}
+    used: set[FlatPath] = set()
+    missing, misshaped = [], []
+    for key, shape in torch_shapes.items():
+        shape = tuple(shape)
+        flax_path = _resolve_flax_path(key, flat)
+        if flax_path is None:
+            missing.append(f"{key} {shape}")
+            continue
+        used.add(flax_path)
+        value = flat[flax_path]
+        if key in transforms:
+            tensor = transforms[key].to_torch(value)
+        else:
+            tensor = _default_to_torch(flax_path[-1], value, shape)
+        if tuple(tensor.shape) != shape:
+            misshaped.append(f"{key}: {tuple(tensor.shape)} -> expected {shape}")
+            continue
+        state_dict[key] = np.ascontiguousarray(tensor)
+    unclaimed = [f"{'/'.join(p)} {flat[p].shape}" for p in flat if p not in used]
+    if missing or misshaped or unclaimed:
+        parts = []
+        if missing:
+            parts.append(_format_list("torch keys with no Flax variable", missing))
+        if unclaimed:
+            parts.append(_format_list("Flax variables with no torch key", unclaimed))
+        if misshaped:
+            parts.append(_format_list("shape mismatch", misshaped))
+        raise StateDictMismatchError("variables do not fit the torch layout.\n" + "\n".join(parts))
+    return state_dict
+
+
+def strip_prefix(state_dict: Mapping[str, Array], prefix: str) -> dict[str, Array]:
+    """The entries under `prefix` (e.g. 'unet.') with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
