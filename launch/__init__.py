@@ -1,0 +1,1 @@
+"""Command-line programs; each is thin and calls into dpiqa_jax."""
