@@ -1,0 +1,1 @@
+"""Evaluation: IQA metrics, the split protocol, aggregation over splits and plots."""
