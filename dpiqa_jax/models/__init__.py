@@ -1,0 +1,1 @@
+"""DP-IQA models: torch-exact resizing, adapters, Quality Feature Decoder, teacher and student."""
