@@ -19,11 +19,7 @@ from typing import Any
 import numpy as np
 
 from dpiqa_jax.convert.torch_layout import (
-    LayoutTransform,
-    StateDictMismatchError,
-    flax_to_torch,
-    torch_to_flax,
-)
+    LayoutTransform, StateDictMismatchError, flax_to_torch, nchw_flatten_transform, torch_to_flax)
 
 Array = np.ndarray
 
@@ -42,34 +38,6 @@ UNUSED_TEACHER_KEYS = (
 _UNUSED_TEACHER_RES = tuple(re.compile(p) for p in UNUSED_TEACHER_KEYS)
 
 QFD_FC1_KEY = "QFD.fc1.weight"
-
-
-def nchw_flatten_transform(channels: int, height: int, width: int) -> LayoutTransform:
-    """Layout change for a Linear that reads a flattened [C, H, W] map, for a model flattening NHWC.
-
-    torch weight [out, C*H*W] (input index c*H*W + h*W + w) <-> flax kernel [H*W*C, out] (input
-    index h*W*C + w*C + c). Used for the teacher's `QFD.fc1` and the student's `fc1`.
-    """
-
-    def to_flax(weight: Array) -> Array:
-        expected = channels * height * width
-        if weight.ndim != 2 or weight.shape[1] != expected:
-            raise ValueError(f"expected a Linear weight [out, {channels}*{height}*{width}="
-                             f"{expected}], got shape {weight.shape}")
-        out = weight.shape[0]
-        return weight.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(
-            height * width * channels, out)
-
-    def to_torch(kernel: Array) -> Array:
-        expected = channels * height * width
-        if kernel.ndim != 2 or kernel.shape[0] != expected:
-            raise ValueError(f"expected a Dense kernel [{height}*{width}*{channels}={expected}, "
-                             f"out], got shape {kernel.shape}")
-        out = kernel.shape[1]
-        return kernel.reshape(height, width, channels, out).transpose(3, 2, 0, 1).reshape(
-            out, expected)
-
-    return LayoutTransform(to_flax=to_flax, to_torch=to_torch)
 
 
 def official_teacher_shapes() -> dict[str, tuple[int, ...]]:

@@ -165,25 +165,6 @@ def _conv_transpose_to_torch(kernel):
     return kernel.transpose(2, 3, 0, 1)
 
 
-def _nchw_flatten_dense(channels: int, height: int, width: int) -> LayoutTransform:
-    """A torch Linear fed `x.flatten(1)` of NCHW [C, H, W] <-> a Dense fed NHWC flattened.
-
-    torch weight [out, C*H*W] (columns in c, h, w order) <-> kernel [H*W*C, out] (rows h, w, c).
-    """
-
-    def to_flax(weight):
-        out = weight.shape[0]
-        return weight.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(
-            height * width * channels, out)
-
-    def to_torch(kernel):
-        out = kernel.shape[-1]
-        return kernel.reshape(height, width, channels, out).transpose(3, 2, 0, 1).reshape(
-            out, channels * height * width)
-
-    return LayoutTransform(to_flax=to_flax, to_torch=to_torch)
-
-
 def student_transforms(variables: Mapping[str, Any]) -> dict[str, LayoutTransform]:
     """The student's non-default layout changes, sized from its variables (or `eval_shape` tree).
 
@@ -197,7 +178,7 @@ def student_transforms(variables: Mapping[str, Any]) -> dict[str, LayoutTransfor
         raise ValueError(f"fc1 has {rows} inputs, not a square map of {channels} channels")
     return {
         "conv_transpose.weight": LayoutTransform(_conv_transpose_to_flax, _conv_transpose_to_torch),
-        "fc1.weight": _nchw_flatten_dense(channels, side, side),
+        "fc1.weight": torch_layout.nchw_flatten_transform(channels, side, side),
     }
 
 

@@ -191,16 +191,10 @@ def _format_list(title: str, lines: Sequence[str]) -> str:
     return f"{title} ({len(lines)}):\n  {shown}{more}"
 
 
-def _raise_mismatch(source: str, missing, unexpected, misshaped) -> None:
-    parts = []
-    if missing:
-        parts.append(_format_list("missing from the state dict", missing))
-    if unexpected:
-        parts.append(_format_list("unexpected in the state dict", unexpected))
-    if misshaped:
-        parts.append(_format_list("shape mismatch (torch key: got -> expected)", misshaped))
+def _raise_if_any(header: str, sections: Sequence[tuple[str, Sequence[str]]]) -> None:
+    parts = [_format_list(title, lines) for title, lines in sections if lines]
     if parts:
-        raise StateDictMismatchError(f"{source} does not fit the model.\n" + "\n".join(parts))
+        raise StateDictMismatchError(header + "\n" + "\n".join(parts))
 
 
 def torch_to_flax(
@@ -250,7 +244,10 @@ def torch_to_flax(
             continue
         converted[flax_path] = value
     missing = [f"{'/'.join(p)} {s}" for p, s in target_flat.items() if p not in converted]
-    _raise_mismatch(source, missing, unexpected, misshaped)
+    _raise_if_any(f"{source} does not fit the model.", [
+        ("missing from the state dict", missing),
+        ("unexpected in the state dict", unexpected),
+        ("shape mismatch (torch key: got -> expected)", misshaped)])
     return _unflatten(converted)
 
 
@@ -286,16 +283,39 @@ def flax_to_torch(
             continue
         state_dict[key] = np.ascontiguousarray(tensor)
     unclaimed = [f"{'/'.join(p)} {flat[p].shape}" for p in flat if p not in used]
-    if missing or misshaped or unclaimed:
-        parts = []
-        if missing:
-            parts.append(_format_list("torch keys with no Flax variable", missing))
-        if unclaimed:
-            parts.append(_format_list("Flax variables with no torch key", unclaimed))
-        if misshaped:
-            parts.append(_format_list("shape mismatch", misshaped))
-        raise StateDictMismatchError("variables do not fit the torch layout.\n" + "\n".join(parts))
+    _raise_if_any("variables do not fit the torch layout.", [
+        ("torch keys with no Flax variable", missing),
+        ("Flax variables with no torch key", unclaimed),
+        ("shape mismatch", misshaped)])
     return state_dict
+
+
+def nchw_flatten_transform(channels: int, height: int, width: int) -> LayoutTransform:
+    """Layout change for a Linear that reads a flattened [C, H, W] map, for a model flattening NHWC.
+
+    torch weight [out, C*H*W] (input index c*H*W + h*W + w) <-> flax kernel [H*W*C, out] (input
+    index h*W*C + w*C + c). Used for the DP-IQA teacher's `QFD.fc1` and the student's `fc1`.
+    """
+
+    def to_flax(weight: Array) -> Array:
+        expected = channels * height * width
+        if weight.ndim != 2 or weight.shape[1] != expected:
+            raise ValueError(f"expected a Linear weight [out, {channels}*{height}*{width}="
+                             f"{expected}], got shape {weight.shape}")
+        out = weight.shape[0]
+        return weight.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(
+            height * width * channels, out)
+
+    def to_torch(kernel: Array) -> Array:
+        expected = channels * height * width
+        if kernel.ndim != 2 or kernel.shape[0] != expected:
+            raise ValueError(f"expected a Dense kernel [{height}*{width}*{channels}={expected}, "
+                             f"out], got shape {kernel.shape}")
+        out = kernel.shape[1]
+        return kernel.reshape(height, width, channels, out).transpose(3, 2, 0, 1).reshape(
+            out, expected)
+
+    return LayoutTransform(to_flax=to_flax, to_torch=to_torch)
 
 
 def strip_prefix(state_dict: Mapping[str, Array], prefix: str) -> dict[str, Array]:

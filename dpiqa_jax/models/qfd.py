@@ -5,7 +5,7 @@ Names mirror the authors' `QualityFeatureDecoder` (`conv1..4`, `se1..4`, `fuse_c
 in the forward pass and are left out.
 
 The authors flatten the NCHW quality map before `fc1`; we flatten NHWC and the checkpoint
-converter permutes `fc1`'s input rows (`dpiqa_jax.convert.dpiqa.nchw_flatten_transform`).
+converter permutes `fc1`'s input rows (`dpiqa_jax.convert.torch_layout.nchw_flatten_transform`).
 """
 
 from __future__ import annotations
