@@ -64,7 +64,8 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
         header["__metadata__"] = dict(metadata)
     offset, arrays = 0, []
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
+        array = np.asarray(tensors[name])
+        array = np.ascontiguousarray(array).reshape(array.shape)  # keeps 0-d tensors 0-d
         code = _NUMPY_TO_SAFETENSORS.get(array.dtype)
         if code is None:
             raise ValueError(f"{path}: tensor {name!r} has dtype {array.dtype}, not storable")

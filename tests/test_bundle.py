@@ -32,7 +32,8 @@ def _variables():
 
 def test_save_and_load_round_trip(tmp_path):
     prompts = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
-    extras = {"QFD.bnc1.running_var": np.ones(3, np.float32)}
+    extras = {"QFD.bnc1.running_var": np.ones(3, np.float32),
+              "QFD.bnc1.num_batches_tracked": np.array(7, np.int64)}
     bundle.save_bundle(str(tmp_path), "teacher", {"width": 4}, _variables(), prompts=prompts,
                        extras=extras, metadata={"source": "unit test"})
     loaded = bundle.load_bundle(str(tmp_path))
@@ -46,6 +47,8 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_array_equal(got[key], value, err_msg=key)
     np.testing.assert_array_equal(loaded.prompts, prompts)
     np.testing.assert_array_equal(loaded.extras["QFD.bnc1.running_var"], np.ones(3))
+    counter = loaded.extras["QFD.bnc1.num_batches_tracked"]
+    assert counter.shape == () and counter == 7
 
 
 def test_teacher_without_prompts_is_refused(tmp_path):
