@@ -41,7 +41,7 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Union
 
 import jax
@@ -416,7 +416,7 @@ class Scorer:
         return _forward(self._variables, self._prompts, batch, seeds, np.uint32(self._seed),
                         module=self.module, sample_latent=sample)
 
-    def _predict_arrays(self, arrays: Sequence[np.ndarray], return_maps: bool) -> Predictions:
+    def predict_arrays(self, arrays: Sequence[np.ndarray], return_maps: bool) -> Predictions:
         raws, maps = [], []
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start:start + self.batch_size]
@@ -447,7 +447,7 @@ class Scorer:
         if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
             images = [images]
         arrays = [self.prepare(image) for image in images]
-        return self._predict_arrays(arrays, return_maps)
+        return self.predict_arrays(arrays, return_maps)
 
     def score(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """Scores [N] on `score_range` (higher is better); raises `InputError` on a bad input."""
@@ -505,6 +505,24 @@ class Scorer:
 
 
 # --------------------------------------------------------------------------- command-line inputs
+
+
+def load_predict_fn(checkpoint: str | os.PathLike, **kwargs: Any
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+    """The evaluation protocol's predict function for a checkpoint (`dpiqa_jax.eval.protocol`).
+
+    Returns: model inputs [B, H, W, 3] float32 in [0, 1], already at the model's size -> raw head
+    outputs [B] (MOS / mos_scale, the scale of the datasets' `mos_normalized`).
+    """
+    scorer = Scorer.load(checkpoint, **kwargs)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        if tuple(images.shape[1:]) != scorer.input_shape:
+            raise ValueError(f"{checkpoint} expects inputs [B, {', '.join(map(str, scorer.input_shape))}]"
+                             f", got {tuple(images.shape)}")
+        return scorer.predict_arrays(list(images), return_maps=False).raw
+
+    return predict
 
 
 def _is_glob(argument: str) -> bool:

@@ -234,6 +234,15 @@ def test_score_is_raw_times_mos_scale_on_the_recorded_range(student):
     assert student.lower_better is False
 
 
+def test_evaluation_predict_fn_returns_raw_outputs_of_model_inputs(student, student_dir):
+    images = [random_image(i) for i in range(3)]
+    inputs = np.stack([student.prepare(image) for image in images])
+    predict = scorer.load_predict_fn(student_dir, batch_size=2)
+    np.testing.assert_array_equal(predict(inputs), student.predict(images).raw)
+    with pytest.raises(ValueError, match="expects inputs"):
+        predict(inputs[:, :8])
+
+
 def test_paths_pil_images_and_arrays_give_the_same_input(student, tmp_path):
     array = random_image(5)
     path = save_image(tmp_path / "a.png", array)
