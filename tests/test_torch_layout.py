@@ -130,3 +130,30 @@ def test_read_torch_file_names_corrupt_file(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(ValueError, match="model.bin"):
         torch_layout.read_state_dict_file(path)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_torch_pickles_read_without_torch_equal_torch_load(tmp_path, zip_format):
+    generator = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(3, 4, generator=generator),
+             "t": torch.randn(4, 3, generator=generator).t(),  # non-contiguous strides
+             "h": torch.randn(5, generator=generator).half(),
+             "b": torch.randn(2, 2, generator=generator).bfloat16(),
+             "n": torch.tensor(7, dtype=torch.int64),
+             "view": torch.arange(10.0)[2:6]}
+    path = tmp_path / "state.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    ours = torch_layout.read_state_dict_file(path)
+    assert ours.keys() == state.keys()
+    for key, tensor in state.items():
+        expected = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        assert ours[key].shape == tuple(tensor.shape), key
+        np.testing.assert_array_equal(np.asarray(ours[key], np.float64),
+                                      np.asarray(expected, np.float64), err_msg=key)
+
+
+def test_torch_pickle_with_foreign_objects_is_refused(tmp_path):
+    path = tmp_path / "module.pth"
+    torch.save({"w": torch.ones(1), "opt": torch.optim.SGD}, path)
+    with pytest.raises(ValueError, match="module.pth.*torch.optim"):
+        torch_layout.read_state_dict_file(path)

@@ -19,6 +19,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from dpiqa_jax.convert import torch_pickle
+
 Array = np.ndarray
 FlatPath = tuple[str, ...]
 
@@ -87,28 +89,17 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Array]:
 
 
 def read_torch_file(path: str | os.PathLike) -> dict[str, Array]:
-    """Reads a torch pickle (.bin/.pth/.pt) state dict; needs torch, loads tensors only."""
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as err:
-        raise ImportError(f"{path}: reading a torch pickle needs torch; use .safetensors") from err
-    try:
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt pickles
-        raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from err
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    """Reads a torch pickle (.bin/.pth/.pt) state dict without torch (tensors and plain values)."""
+    path = os.fspath(path)
+    obj = torch_pickle.load_torch_pickle(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return {k: _torch_tensor_to_numpy(v) for k, v in obj.items()}
-
-
-def _torch_tensor_to_numpy(tensor: Any) -> Array:
-    import torch  # pylint: disable=import-outside-toplevel
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
+    non_tensors = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
+    if non_tensors:
+        raise ValueError(f"{path}: entries that are not tensors: {non_tensors[:5]}")
+    return dict(obj)
 
 
 def read_state_dict_file(path: str | os.PathLike) -> dict[str, Array]:
