@@ -1,7 +1,7 @@
 """Parity of the text adapter, image adapter and Quality Feature Decoder with PyTorch references.
 
-The torch QFD and text adapter below follow the authors' `iqa_models/dpiqa.py` with configurable
-widths; `test_teacher.py` reuses them.
+The torch QFD and text adapter (`dpiqa_jax.reference.torch_models`) follow the authors'
+`iqa_models/dpiqa.py` with configurable widths.
 """
 
 import jax
@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers.models.adapter import FullAdapter
 
 from dpiqa_jax.convert.dpiqa import nchw_flatten_transform
@@ -22,6 +21,7 @@ from dpiqa_jax.models.adapters import (
     pixel_unshuffle_torch_order,
 )
 from dpiqa_jax.models.qfd import QFDConfig, QualityFeatureDecoder
+from dpiqa_jax.reference.torch_models import TorchQFD, TorchTextAdapter
 
 # fp32, tiny widths: differences are summation order in convs/matmuls only.
 ATOL = 1e-5
@@ -29,61 +29,6 @@ RTOL = 1e-4
 
 TINY_QFD = QFDConfig(level_channels=(4, 6, 8, 8), hidden=32, se_reduction=16,
                      score_channels=(16, 8, 4), map_size=16, head_hidden=24)
-
-
-class TorchSELayer(torch.nn.Module):
-    def __init__(self, channel: int, reduction: int):
-        super().__init__()
-        self.fc = torch.nn.Sequential(
-            torch.nn.Linear(channel, channel // reduction, bias=False), torch.nn.ReLU(),
-            torch.nn.Linear(channel // reduction, channel, bias=False), torch.nn.Sigmoid())
-
-    def forward(self, x):
-        return x * self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
-
-
-class TorchQFD(torch.nn.Module):
-    """The authors' QualityFeatureDecoder with configurable widths, incl. its unused layers."""
-
-    def __init__(self, cfg: QFDConfig):
-        super().__init__()
-        self.map_size = cfg.map_size
-        for i, channels in enumerate(cfg.level_channels, start=1):
-            setattr(self, f"conv{i}", torch.nn.Conv2d(channels, cfg.hidden, 3, padding=1))
-            setattr(self, f"se{i}", TorchSELayer(cfg.hidden, cfg.se_reduction))
-        self.fuse_conv = torch.nn.Conv2d(cfg.hidden * 4, cfg.hidden, 3, padding=1)
-        self.se_fuse = TorchSELayer(cfg.hidden, cfg.se_reduction)
-        self.bnc1 = torch.nn.BatchNorm2d(cfg.hidden)
-        widths = (cfg.hidden,) + cfg.score_channels
-        for i in range(1, 4):
-            setattr(self, f"conv_score{i}", torch.nn.Conv2d(widths[i - 1], widths[i], 1))
-        self.fc1 = torch.nn.Linear(cfg.score_channels[-1] * cfg.map_size ** 2, cfg.head_hidden)
-        self.fc2 = torch.nn.Linear(cfg.head_hidden, cfg.head_hidden)
-        self.fc3 = torch.nn.Linear(cfg.head_hidden, 1)
-        self.classifier_dist = torch.nn.Linear(cfg.head_hidden, 24)
-
-    def forward(self, x1, x2, x3, x4):
-        levels = []
-        for i, x in enumerate((x1, x2, x3, x4), start=1):
-            x = F.interpolate(x, size=(self.map_size,) * 2, mode="bicubic", align_corners=False)
-            levels.append(getattr(self, f"se{i}")(getattr(self, f"conv{i}")(x)))
-        fused = self.se_fuse(self.fuse_conv(torch.cat(levels, dim=1)))
-        score_map = torch.relu(self.conv_score1(fused))
-        score_map = torch.relu(self.conv_score2(score_map))
-        score_map = torch.relu(self.conv_score3(score_map))
-        score = torch.relu(self.fc1(score_map.view(score_map.size(0), -1)))
-        score = self.fc3(torch.relu(self.fc2(score)))
-        return score, score_map
-
-
-class TorchTextAdapter(torch.nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.fc = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(),
-                                      torch.nn.Linear(dim, dim))
-
-    def forward(self, texts, gamma):
-        return texts + gamma * self.fc(texts)
 
 
 def to_numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:

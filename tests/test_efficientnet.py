@@ -1,5 +1,6 @@
-"""EfficientNet in Flax against torchvision's structure (a torch reference written here, since
-torchvision cannot load beside the CPU torch) and against the real EfficientNet-Lite0 weights."""
+"""EfficientNet in Flax against torchvision's structure (the torch reference of
+`dpiqa_jax.reference.torch_models`, since torchvision cannot load beside the CPU torch) and against
+the real EfficientNet-Lite0 weights."""
 
 import dataclasses
 import functools
@@ -19,6 +20,7 @@ from dpiqa_jax.convert.torch_layout import StateDictMismatchError, read_state_di
 from dpiqa_jax.models.efficientnet import (
     BlockConfig, EfficientNet, EfficientNetConfig, ImageNetClassifier, MBConv, StageConfig,
     efficientnet_config)
+from dpiqa_jax.reference.torch_models import TorchEfficientNet, TorchMBConv
 
 # `num_params` of torchvision's efficientnet_b0..b7 weights (torchvision/models/efficientnet.py).
 TORCHVISION_NUM_PARAMS = {
@@ -37,67 +39,6 @@ TINY = EfficientNetConfig(
 
 
 # --------------------------------------------------------------------------- torch reference
-# torchvision's EfficientNet v1 structure and module names (Conv2dNormActivation, MBConv,
-# SqueezeExcitation, features / avgpool / classifier), built from one of our configs.
-
-
-def _torch_conv_bn(cin, cout, kernel, config, *, stride=1, groups=1, activate=True):
-    layers = [torch.nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups,
-                              bias=False),
-              torch.nn.BatchNorm2d(cout, eps=config.bn_eps, momentum=config.bn_momentum)]
-    if activate:
-        layers.append(torch.nn.SiLU())
-    return torch.nn.Sequential(*layers)
-
-
-class _TorchSqueezeExcitation(torch.nn.Module):
-    def __init__(self, channels, squeeze):
-        super().__init__()
-        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
-        self.fc1 = torch.nn.Conv2d(channels, squeeze, 1)
-        self.fc2 = torch.nn.Conv2d(squeeze, channels, 1)
-        self.activation = torch.nn.SiLU()
-        self.scale_activation = torch.nn.Sigmoid()
-
-    def forward(self, x):
-        scale = self.fc2(self.activation(self.fc1(self.avgpool(x))))
-        return self.scale_activation(scale) * x
-
-
-class _TorchMBConv(torch.nn.Module):
-    def __init__(self, block: BlockConfig, config: EfficientNetConfig):
-        super().__init__()
-        expanded = block.expanded_channels
-        layers = []
-        if expanded != block.in_channels:
-            layers.append(_torch_conv_bn(block.in_channels, expanded, 1, config))
-        layers.append(_torch_conv_bn(expanded, expanded, block.kernel_size, config,
-                                     stride=block.stride, groups=expanded))
-        layers.append(_TorchSqueezeExcitation(expanded, max(1, block.in_channels // 4)))
-        layers.append(_torch_conv_bn(expanded, block.out_channels, 1, config, activate=False))
-        self.block = torch.nn.Sequential(*layers)
-        self.use_res_connect = block.has_residual
-
-    def forward(self, x):  # eval or stochastic depth 0: StochasticDepth is the identity
-        result = self.block(x)
-        return result + x if self.use_res_connect else result
-
-
-class _TorchEfficientNet(torch.nn.Module):
-    def __init__(self, config: EfficientNetConfig, num_classes: int):
-        super().__init__()
-        layers = [_torch_conv_bn(3, config.stem_channels, 3, config, stride=2)]
-        for blocks in config.blocks():
-            layers.append(torch.nn.Sequential(*[_TorchMBConv(b, config) for b in blocks]))
-        layers.append(_torch_conv_bn(config.stages[-1].out_channels, config.head_channels, 1,
-                                     config))
-        self.features = torch.nn.Sequential(*layers)
-        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
-        self.classifier = torch.nn.Sequential(torch.nn.Dropout(config.dropout_rate),
-                                              torch.nn.Linear(config.head_channels, num_classes))
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -188,7 +129,7 @@ def test_stochastic_depth_grows_linearly_over_blocks():
 
 def test_b0_eval_matches_torch_reference():
     config = efficientnet_config("b0")
-    torch_model = _randomize(_TorchEfficientNet(config, num_classes=10), seed=0).eval()
+    torch_model = _randomize(TorchEfficientNet(config, num_classes=10), seed=0).eval()
     model = ImageNetClassifier(config, num_classes=10)
     variables = convert.torchvision_efficientnet_to_flax(
         _numpy_state_dict(torch_model), _abstract_variables(model, (1, 64, 64, 3)),
@@ -208,7 +149,7 @@ def test_train_mode_block_matches_torch_outputs_and_batch_stats():
     """One MBConv (expand, SE, residual) in training: outputs and all three BN updates."""
     block = BlockConfig(expand_ratio=4, kernel_size=3, stride=1, in_channels=8, out_channels=8,
                         stochastic_depth_prob=0.0)
-    torch_block = _randomize(_TorchMBConv(block, TINY), seed=1).train()
+    torch_block = _randomize(TorchMBConv(block, TINY), seed=1).train()
     model = MBConv(TINY, block=block)
     target = _abstract_variables(model, (4, 6, 6, 8))
     variables = convert.torchvision_efficientnet_to_flax(_numpy_state_dict(torch_block), target)
@@ -231,7 +172,7 @@ def test_stochastic_depth_drops_whole_samples_in_training():
     keeping = dataclasses.replace(dropping, stochastic_depth_prob=0.0)
     x = np.random.default_rng(2).standard_normal((16, 4, 4, 8), dtype=np.float32)
     variables = convert.torchvision_efficientnet_to_flax(
-        _numpy_state_dict(_randomize(_TorchMBConv(dropping, TINY), seed=2)),
+        _numpy_state_dict(_randomize(TorchMBConv(dropping, TINY), seed=2)),
         _abstract_variables(MBConv(TINY, block=dropping), x.shape))
     train_kwargs = {"train": True, "mutable": ["batch_stats"]}
     branch = _jitted_apply(MBConv(TINY, block=keeping), **train_kwargs)(variables, x)[0] - x
@@ -265,7 +206,7 @@ def test_bfloat16_compute_stays_close_to_float32():
 
 
 def _tiny_state_dict_and_target():
-    torch_model = _randomize(_TorchEfficientNet(TINY, num_classes=10), seed=5)
+    torch_model = _randomize(TorchEfficientNet(TINY, num_classes=10), seed=5)
     return _numpy_state_dict(torch_model), _abstract_variables(EfficientNet(TINY), (1, 32, 32, 3))
 
 

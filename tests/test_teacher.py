@@ -1,8 +1,9 @@
 """End-to-end parity of the tiny teacher with a PyTorch DP-IQA teacher built from diffusers parts.
 
-The torch teacher follows the authors' `DPIQA.forward` (posterior mean instead of their sample):
-VAE latent x scaling, text adapter context, FullAdapter features injected as T2I residuals
-(`down_intrablock_additional_residuals`), up-block outputs captured by forward hooks, QFD on them.
+The torch teacher (`dpiqa_jax.reference.torch_models.TorchTeacher`) follows the authors'
+`DPIQA.forward` (posterior mean instead of their sample): VAE latent x scaling, text adapter
+context, FullAdapter features injected as T2I residuals (`down_intrablock_additional_residuals`),
+up-block outputs captured by forward hooks, QFD on them.
 Its weights reach our model through the checkpoint converter, under the authors' key prefixes.
 `test_convert_dpiqa.py` reuses `build_torch_teacher` and `official_state_dict`.
 """
@@ -10,27 +11,21 @@ Its weights reach our model through the checkpoint converter, under the authors'
 import dataclasses
 import functools
 
-import diffusers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers.models.adapter import FullAdapter
 
 from dpiqa_jax.convert.dpiqa import teacher_official_to_flax
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
+from dpiqa_jax.reference import torch_models
+from dpiqa_jax.reference.torch_models import TorchTeacher
 from dpiqa_jax.sd.unet import UNetConfig
 from dpiqa_jax.sd.vae import VAEConfig
-from test_adapters_qfd import (
-    TorchQFD,
-    TorchTextAdapter,
-    nchw_to_nhwc,
-    param_count,
-    to_numpy_state_dict,
-)
+from test_adapters_qfd import nchw_to_nhwc, param_count, to_numpy_state_dict
 
 TEXT_DIM = 16
 PROMPTS = 5
@@ -65,53 +60,9 @@ ATOL = 1e-4
 RTOL = 1e-3
 
 
-@dataclasses.dataclass
-class TorchTeacher:
-    vae: diffusers.AutoencoderKL
-    unet: diffusers.UNet2DConditionModel
-    img_adapter: FullAdapter
-    text_adapter: TorchTextAdapter
-    gamma: torch.Tensor
-    qfd: TorchQFD
-
-    def __call__(self, images: torch.Tensor, prompts: torch.Tensor):
-        up_features: list[torch.Tensor] = []
-        hooks = [block.register_forward_hook(lambda _m, _i, out: up_features.append(out))
-                 for block in self.unet.up_blocks]
-        try:
-            with torch.no_grad():
-                latents = self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
-                context = self.text_adapter(prompts, self.gamma)[None].expand(len(images), -1, -1)
-                self.unet(latents, 1, encoder_hidden_states=context,
-                          down_intrablock_additional_residuals=list(self.img_adapter(images)))
-                return self.qfd(*up_features[::-1])
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-
-def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
-    """Default inits leave norms at 1/0 and some layers at zero; perturb so every tensor matters."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return module.eval()
-
-
 def build_torch_teacher(seed: int = 0) -> TorchTeacher:
-    torch.manual_seed(seed)
-    qfd = TorchQFD(TINY_CONFIG.qfd)
-    with torch.no_grad():  # non-trivial unused BatchNorm statistics for the round-trip test
-        qfd.bnc1.running_mean.normal_()
-        qfd.bnc1.num_batches_tracked.fill_(7)
-    return TorchTeacher(
-        vae=_perturbed(diffusers.AutoencoderKL(**TINY_VAE)),
-        unet=_perturbed(diffusers.UNet2DConditionModel(**TINY_UNET)),
-        img_adapter=_perturbed(FullAdapter(channels=list(TINY_CHANNELS))),
-        text_adapter=_perturbed(TorchTextAdapter(TEXT_DIM)),
-        gamma=torch.randn(TEXT_DIM) * 0.5,
-        qfd=_perturbed(qfd),
-    )
+    """The tiny torch teacher with every weight perturbed (no tensor trivial)."""
+    return torch_models.build_torch_teacher(TINY_UNET, TINY_VAE, TINY_CONFIG, seed=seed)
 
 
 def official_state_dict(teacher: TorchTeacher) -> dict[str, np.ndarray]:

@@ -1,0 +1,160 @@
+r"""Speed of DP-IQA in JAX against the PyTorch original: one JSON line per measurement (issue #7).
+
+  python -m launch.benchmark --size=tiny --torch --ratio --steps=3          # CPU: ~5 minutes
+  python -m launch.benchmark --size=full --torch --ratio                    # one GPU
+  python -m launch.benchmark --size=full --only=student_infer --torch --batch=4 --steps=5
+
+Measurements (--only, comma separated; default all): teacher_infer, teacher_train,
+student_infer, student_train, input_pipeline (this project's Grain pipeline on the host CPU; its
+`framework` is "jax"). On CPU most of the time is XLA compiling. `--size=tiny`: parity.py's tiny SD configs, a small
+adapter and QFD, EfficientNet-B0, 64x64, batch 2. `--size=full`: SD 1.5 + EfficientNet-B7 at
+512x512, teacher batch 16, student batch 32. Weights are random. Each line carries `framework`,
+`batch`, `resolution`, `img_per_s`, `step_ms` (median), `compile_s`, `peak_memory_bytes` (and
+`peak_memory_kind`), `flops_per_image`, `tflops`, `mfu`, `peak_tflops`, `dtype`, `device`,
+`weights` (dpiqa_jax/benchmark.py explains each). `--ratio` adds
+{"measurement", "speedup": jax img/s / torch img/s} lines. `--keep_going` reports a failed
+measurement as {"measurement", "framework", "error"} and goes on (exit status 1).
+
+`--torch` (needs requirements-dev.txt) runs the same work in PyTorch in this process, before the
+JAX program of each measurement; JAX then does not preallocate GPU memory
+(XLA_PYTHON_CLIENT_PREALLOCATE=false unless set) so that both fit. For a per-program JAX
+`peak_memory_bytes` on a GPU run one measurement per process (benchmarks/gpu_check.sh does).
+"""
+
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+from configs import student as student_configs
+from configs import teacher as teacher_configs
+from dpiqa_jax import benchmark
+
+_SIZE = flags.DEFINE_enum("size", "tiny", benchmark.SIZES, "Model and batch sizes.")
+_ONLY = flags.DEFINE_list("only", list(benchmark.MEASUREMENTS),
+                          f"Measurements to run, of {benchmark.MEASUREMENTS}.")
+_TORCH = flags.DEFINE_bool("torch", False, "Also run each model measurement in PyTorch.")
+_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "torch.compile the PyTorch models.")
+_RATIO = flags.DEFINE_bool("ratio", False, "Print jax / torch img/s per measurement.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before the timed ones.")
+_BATCH = flags.DEFINE_integer("batch", 0, "Images per step for every measurement; 0: the size's.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 0, "Image side (multiple of 64); 0: the size's.")
+_STUDENT_BACKBONE = flags.DEFINE_string("student_backbone", "",
+                                        "EfficientNet of the student (b0..b7); '': the size's.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", benchmark.DTYPES,
+                           "Compute dtype; auto: bfloat16 on accelerators, float32 on CPU.")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0,
+                                  "MFU denominator; 0: 989 on H100/H200 in bf16, else no MFU.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs.")
+_INPUT_IMAGES = flags.DEFINE_integer("input_images", 64, "Distinct JPEGs of input_pipeline.")
+_INPUT_THREADS = flags.DEFINE_integer("input_threads", 8, "Decoding threads of input_pipeline.")
+_INPUT_PASSES = flags.DEFINE_integer("input_passes", 2, "Passes over the JPEGs of input_pipeline.")
+_KEEP_GOING = flags.DEFINE_bool("keep_going", False,
+                                "On a failed measurement print an error line, go on, exit 1.")
+# The spellings of issue #7.
+flags.DEFINE_alias("torch-compile", "torch_compile")
+flags.DEFINE_alias("student-backbone", "student_backbone")
+
+
+def check_measurements(names: list[str]) -> list[str]:
+    unknown = [name for name in names if name not in benchmark.MEASUREMENTS]
+    if unknown or not names:
+        raise app.UsageError(f"--only={','.join(names)}: unknown {unknown}; choose from "
+                             f"{benchmark.MEASUREMENTS}")
+    return names
+
+
+def input_pipeline_record(size: benchmark.BenchmarkSize) -> benchmark.Record:
+    """launch.benchmark_input's decode + resize figure, 1024x768 JPEGs -> size.resolution."""
+    # Imported here, not above: the pipeline needs grain, TFDS and scikit-image (for the photo),
+    # which the model measurements do not, and a GPU machine may lack them.
+    from dpiqa_jax.data import images  # pylint: disable=import-outside-toplevel
+    from launch import benchmark_input  # pylint: disable=import-outside-toplevel
+    rss_start = benchmark.peak_rss_bytes()
+    side = size.resolution
+    result = benchmark_input.input_throughput(
+        num_images=_INPUT_IMAGES.value, batch_size=size.teacher_batch,
+        num_threads=_INPUT_THREADS.value, passes=_INPUT_PASSES.value,
+        config=images.ImageConfig(height=side, width=side))
+    return benchmark.Record(
+        measurement=benchmark.INPUT_PIPELINE, framework="jax", batch=size.teacher_batch,
+        resolution=side, img_per_s=result["pipeline_images_per_s"], step_ms=None,
+        steps=None, compile_s=None,
+        peak_memory_bytes=benchmark.peak_rss_bytes() - rss_start,
+        peak_memory_kind="process_peak_rss_delta", dtype="float32",
+        device=benchmark.cpu_device_name(), weights="none",
+        extra={"pipeline": f"grain eval pipeline, {_INPUT_THREADS.value} threads",
+               "jpeg_size": list(benchmark_input.JPEG_SIZE),
+               "single_thread_img_per_s": result["single_thread_images_per_s"],
+               "single_thread_img_per_cpu_s": result["single_thread_images_per_cpu_s"]})
+
+
+def model_records(measurement: str, settings: benchmark.RunSettings) -> list[benchmark.Record]:
+    """The JAX record of `measurement`, preceded by the PyTorch one with --torch."""
+    torch_record = None
+    if _TORCH.value:
+        # Imported only here: the PyTorch reference needs the dev requirements.
+        from dpiqa_jax.reference import torch_benchmark  # pylint: disable=import-outside-toplevel
+        torch_record = _measured(measurement, "torch", lambda: torch_benchmark.measure_torch(
+            measurement, settings, compile_model=_TORCH_COMPILE.value))
+    jax_record = _measured(measurement, "jax",
+                           lambda: benchmark.measure_jax(measurement, settings))
+    if torch_record is None:
+        return [jax_record]
+    if isinstance(jax_record, benchmark.Record) and isinstance(torch_record, benchmark.Record):
+        torch_record.flops_per_image = jax_record.flops_per_image
+        torch_record.extra["flops_source"] = jax_record.extra["flops_source"]
+    return [jax_record, torch_record]
+
+
+def _measured(measurement: str, framework: str, measure: Callable[[], benchmark.Record]
+              ) -> benchmark.Record | dict[str, str]:
+    """`measure()`, or with --keep_going an error line in its place when it raises."""
+    try:
+        return measure()
+    except Exception as error:  # pylint: disable=broad-exception-caught  # reported, not hidden
+        if not _KEEP_GOING.value:
+            raise
+        return {"measurement": measurement, "framework": framework,
+                "error": f"{type(error).__name__}: {error}"}
+
+
+def _line(record: benchmark.Record | dict[str, str]) -> str:
+    return record.to_json() if isinstance(record, benchmark.Record) else json.dumps(record)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    measurements = check_measurements(_ONLY.value)
+    if _TORCH.value:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
+                                    student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value)
+    settings = benchmark.RunSettings(
+        size=size, dtype=benchmark.compute_dtype(_DTYPE.value, benchmark.jax_platform()),
+        steps=_STEPS.value, warmup=_WARMUP.value, seed=_SEED.value,
+        peak_tflops=_PEAK_TFLOPS.value or None,
+        teacher_training=teacher_configs.get_config("koniq10k"),
+        student_training=student_configs.get_config("koniq10k"))
+    results = []
+    for measurement in measurements:
+        new = ([_measured(measurement, "jax", lambda: input_pipeline_record(size))]
+               if measurement == benchmark.INPUT_PIPELINE
+               else model_records(measurement, settings))
+        for result in new:
+            print(_line(result), flush=True)
+        results.extend(new)
+    records = [r for r in results if isinstance(r, benchmark.Record)]
+    if _RATIO.value:
+        for line in benchmark.speedups(records):
+            print(json.dumps(line), flush=True)
+    if len(records) < len(results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
