@@ -34,9 +34,9 @@ HEATMAP_PHOTOS = 2
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    image_size: int = 128
+    image_size: int = 64
     teacher_steps: int = 300
-    student_steps: int = 300
+    student_steps: int = 120
     batch_size: int = 16
     test_photos: int = 4
     val_photos: int = 2

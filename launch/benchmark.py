@@ -68,14 +68,14 @@ def check_measurements(names: list[str]) -> list[str]:
 
 
 def input_pipeline_record(size: benchmark.BenchmarkSize) -> benchmark.Record:
-    """launch.benchmark_input's decode + resize figure, 1024x768 JPEGs -> size.resolution."""
+    """The input pipeline's decode + resize figure, 1024x768 JPEGs -> size.resolution."""
     # Imported here, not above: the pipeline needs grain, TFDS and scikit-image (for the photo),
     # which the model measurements do not, and a GPU machine may lack them.
     from dpiqa_jax.data import images  # pylint: disable=import-outside-toplevel
-    from launch import benchmark_input  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.data import throughput  # pylint: disable=import-outside-toplevel
     rss_start = benchmark.peak_rss_bytes()
     side = size.resolution
-    result = benchmark_input.input_throughput(
+    result = throughput.input_throughput(
         num_images=_INPUT_IMAGES.value, batch_size=size.teacher_batch,
         num_threads=_INPUT_THREADS.value, passes=_INPUT_PASSES.value,
         config=images.ImageConfig(height=side, width=side))
@@ -87,7 +87,7 @@ def input_pipeline_record(size: benchmark.BenchmarkSize) -> benchmark.Record:
         peak_memory_kind="process_peak_rss_delta", dtype="float32",
         device=benchmark.cpu_device_name(), weights="none",
         extra={"pipeline": f"grain eval pipeline, {_INPUT_THREADS.value} threads",
-               "jpeg_size": list(benchmark_input.JPEG_SIZE),
+               "jpeg_size": list(throughput.JPEG_SIZE),
                "single_thread_img_per_s": result["single_thread_images_per_s"],
                "single_thread_img_per_cpu_s": result["single_thread_images_per_cpu_s"]})
 
