@@ -1,0 +1,1 @@
+"""Training configs (ml_collections): `configs/teacher.py:VARIANT`, `configs/student.py:VARIANT`."""

@@ -1,0 +1,52 @@
+r"""DP-IQA teacher (SD 1.5 UNet + adapters + QFD), trained on MSE(score, MOS / 100).
+
+  python -m launch.train --config=configs/teacher.py:koniq10k --workdir=runs/teacher_koniq \
+      --config.sd_dir=/models/stable-diffusion-v1-5 --config.prompt_embeddings=prompts.npy \
+      --config.data.data_dir=~/tensorflow_datasets
+
+Variants: koniq10k, clive, spaq, flive, kadid10k, agiqa3k, iqa_folder (the authors' recipe: Adam
+1e-5, batch 16, 30 epochs, LR x0.2 at one milestone epoch: KonIQ 5, CLIVE 10, LIVE-FB 2, SPAQ 5;
+ours for KADID-10k 5 (KonIQ's size) and AGIQA-3K 10 (CLIVE's scale)), and `tiny`, a random-init
+miniature on the generated in-memory demo set that runs on one CPU in seconds:
+
+  python -m launch.train --config=configs/teacher.py:tiny --workdir=/tmp/teacher_tiny
+
+`sd_dir` is a diffusers Stable Diffusion 1.5 directory (model_index.json, unet/, vae/);
+`prompt_embeddings` the .npy written by `python -m launch.embed_prompts`. Memory of the full-size
+train step on a mesh: `python -m launch.inspect --config=configs/teacher.py:koniq10k
+--mesh=data=2,fsdp=4`.
+"""
+
+import ml_collections
+
+from configs import common
+
+# Milestone epoch of the LR decay per variant.
+MILESTONE_EPOCH = {"koniq10k": 5, "clive": 10, "spaq": 5, "flive": 2, "kadid10k": 5,
+                   "agiqa3k": 10, "iqa_folder": 5}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = common.check_variant(arg)
+    config = common.base_config("teacher", variant)
+    config.batch_size = 16
+    config.optimizer.learning_rate = 1e-5
+    config.model = ml_collections.ConfigDict({
+        "architecture": "sd15",  # or 'tiny'
+        "init": "sd",  # 'sd': UNet and VAE from sd_dir, the rest random; 'scratch': all random
+        "latent": "mean",  # or 'sample' (the authors' posterior sample)
+        "timestep": 1,
+        "input_range": "0_1",  # what the VAE sees: [0, 1] (authors) or '-1_1'
+    })
+    config.freeze_unet = False  # the authors train the UNet
+    config.sd_dir = "models/stable-diffusion-v1-5"
+    config.prompt_embeddings = "prompts.npy"
+    if variant == common.TINY:
+        common.tiny_overrides(config)
+        config.model.architecture = "tiny"
+        config.model.init = "scratch"
+        config.sd_dir = ""
+        config.prompt_embeddings = ""  # random tiny prompt vectors
+    else:
+        config.schedule.milestone_epochs = (MILESTONE_EPOCH[variant],)
+    return config

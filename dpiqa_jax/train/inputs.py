@@ -1,0 +1,62 @@
+"""The training run's data: train / validation / test sources and how batches are made.
+
+`config.data.source='tfds'` reads a dataset built by `python -m launch.build_dataset` through a
+split file (dpiqa_jax.data.sources); `'demo'` generates the small in-memory set of
+dpiqa_jax.demo_data (no files), split by photograph with the seed of the split key `seedN`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+from dpiqa_jax import demo_data
+from dpiqa_jax.data import images as images_lib
+from dpiqa_jax.data import pipeline, sources
+
+PARTS = ("train", "val", "test")
+
+
+def image_config(config: ml_collections.ConfigDict) -> images_lib.ImageConfig:
+    """Square model inputs of side `data.image_size`, pixels in [0, 1]."""
+    side = config.data.image_size
+    return images_lib.ImageConfig(height=side, width=side, resize_mode=config.data.resize_mode)
+
+
+def _demo_split_seed(split_key: str) -> int:
+    if not split_key.startswith("seed") or not split_key[4:].isdigit():
+        raise ValueError(f"data.source='demo' splits are 'seedN', got {split_key!r}")
+    return int(split_key[4:])
+
+
+def open_parts(data: ml_collections.ConfigDict) -> dict[str, sources.IqaSource]:
+    """The train, val and test sources of the configured split."""
+    if data.source == "demo":
+        records = demo_data.make_demo_records(side=data.demo_side, seed=0)
+        parts = demo_data.split_by_photo(records, data.demo_test_photos, data.demo_val_photos,
+                                         seed=_demo_split_seed(data.split))
+        return {part: sources.InMemorySource([(r.name, r.image, r.mos_normalized) for r in rows])
+                for part, rows in parts.items()}
+    if data.source != "tfds":
+        raise ValueError(f"config.data.source={data.source!r}; expected 'tfds' or 'demo'")
+    return {part: sources.open_source(data.dataset, os.path.expanduser(data.data_dir),
+                                      data.split_file, data.split, part,
+                                      data.config_name or None)
+            for part in PARTS}
+
+
+def pipeline_config(config: ml_collections.ConfigDict) -> pipeline.PipelineConfig:
+    """Training batches of this process: its share of the global batch, repeated forever."""
+    data = config.data
+    return pipeline.PipelineConfig(
+        batch_size=config.batch_size // jax.process_count(), image=image_config(config),
+        augment=pipeline.AugmentConfig(hflip=data.hflip, random_crop=data.random_crop),
+        seed=config.seed, num_epochs=None, num_threads=data.num_threads,
+        prefetch_images=data.prefetch_images)
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """This process's share of the global evaluation batch."""
+    return config.data.eval_batch_size // jax.process_count()

@@ -1,0 +1,167 @@
+"""The tiny teacher and student train a few steps on a data=4 x fsdp=2 mesh of 8 fake CPU devices
+and end where the same steps on one device end.
+
+The multi-device part runs in a child process (this file run as a script): XLA_FLAGS must give the
+host platform 8 devices before JAX starts. Both runs live in the child, on devices [0] and [0..7].
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 3
+# Adam normalises every update to ~lr whatever the gradient's size, so where a gradient is ~0
+# (BatchNorm biases, cancelling sums) its sign is decided by summation-order noise and the two
+# runs step apart by up to 2 * lr (seen on the student: 25% of some leaves' change). With eps = 1
+# (far above every |gradient| here) Adam becomes momentum SGD, and parameter differences measure
+# gradient differences, i.e. the parallel computation itself.
+LEARNING_RATE = 1e-3
+ADAM_EPS = 1.0
+# fp32 throughout; sharded reductions (gradient sums, BatchNorm statistics) add in another order.
+# Measured gradients agree to 4e-5 relative (the student's BatchNorm backward cancels terms;
+# gradient norms 5e-5 at step 1, 2.3e-4 at step 3); after three steps parameters differ by at
+# most 3e-6 (student, 0.3% of the steps' change) and 4e-8 (teacher).
+PARAM_RTOL = 1e-4
+PARAM_ATOL = 5e-6
+LOSS_RTOL = 1e-5
+GRAD_NORM_RTOL = 1e-3
+# XLA's cheapest CPU code generation: these programs run three times, compiling dominates.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+# Compiled programs shared by the child processes of these tests (and by later test runs): the
+# same tiny models compile once. Override the location with DPIQA_TEST_XLA_CACHE.
+XLA_CACHE = os.environ.get("DPIQA_TEST_XLA_CACHE",
+                           os.path.join(tempfile.gettempdir(), "dpiqa_jax_test_xla_cache"))
+
+
+def child_environment(num_devices: int) -> dict[str, str]:
+    """Environment of a child JAX process with `num_devices` CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (f"{FAST_COMPILE_FLAGS} "
+                        f"--xla_force_host_platform_device_count={num_devices}")
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = XLA_CACHE
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture(scope="module", params=["teacher", "student"])
+def comparison(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), request.param, str(out)],
+                            env=child_environment(8), cwd=REPO, capture_output=True, text=True,
+                            timeout=900, check=False)
+    if result.returncode:
+        pytest.fail(f"child failed:\n{result.stderr[-6000:]}")
+    with np.load(out / "single.npz") as single, np.load(out / "sharded.npz") as sharded:
+        states = {"single": dict(single), "sharded": dict(sharded)}
+    return json.loads(result.stdout.strip().splitlines()[-1]), states
+
+
+def test_sharded_run_matches_one_device(comparison):
+    report, states = comparison
+    assert report["devices"] == [1, 8]
+    np.testing.assert_allclose(report["losses_sharded"], report["losses_single"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(report["grad_norms_sharded"], report["grad_norms_single"],
+                               rtol=GRAD_NORM_RTOL)
+    single, sharded = states["single"], states["sharded"]
+    assert sorted(single) == sorted(sharded)
+    for name in single:
+        np.testing.assert_allclose(sharded[name], single[name], rtol=PARAM_RTOL, atol=PARAM_ATOL,
+                                   err_msg=name)
+    assert report["param_change"] > 100 * PARAM_ATOL  # the steps did train
+
+
+def test_parameters_and_adam_moments_are_split_over_fsdp(comparison):
+    report, _ = comparison
+    assert report["fsdp_split_leaves"] > 0
+    assert report["moments_follow_params"]
+    assert report["frozen_not_in_optimizer"]
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def _train_few_steps(config, devices):
+    import jax  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.train import inputs, optim, run, sharding, tasks  # pylint: disable=import-outside-toplevel
+
+    mesh = sharding.make_mesh(config.mesh, devices)
+    parts = inputs.open_parts(config.data)
+    schedule = optim.learning_rate_schedule(config.optimizer.learning_rate, [], 1.0)
+    optimizer = optim.make_optimizer(config.optimizer, schedule)
+    task = tasks.build_task(config)
+    placed = run.place_task(task, optimizer, mesh, config.fsdp_min_size)
+    initial = jax.tree.map(np.asarray, placed.state)
+    update = run.compile_task_update(config, task, placed, optimizer, schedule)
+    iterator = pipeline.train_iterator(parts["train"], inputs.pipeline_config(config))
+    state, history = placed.state, {"losses": [], "grad_norms": []}
+    for _ in range(STEPS):
+        batch = run.next_global_batch(task, iterator, mesh)
+        with jax.transfer_guard("disallow"):
+            state, metrics = update(state, placed.frozen, batch)
+        history["losses"].append(float(metrics["loss"]))
+        history["grad_norms"].append(float(metrics["grad_norm"]))
+    return task, initial, state, history
+
+
+def _max_diff(a, b) -> float:
+    import jax  # pylint: disable=import-outside-toplevel
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(
+        np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0)), a, b))
+    return max(diffs, default=0.0)
+
+
+def _save_trained(path: str, state) -> None:
+    import jax  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.train.state import flat_paths  # pylint: disable=import-outside-toplevel
+    trained = {"params": state.params, "batch_stats": state.batch_stats}
+    np.savez(path, **flat_paths(jax.tree.map(np.asarray, trained)))
+
+
+def _child(kind: str, out: str) -> dict:
+    import jax  # pylint: disable=import-outside-toplevel
+    import optax  # pylint: disable=import-outside-toplevel
+    from configs import student, teacher  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.train.state import flat_paths  # pylint: disable=import-outside-toplevel
+
+    config = (teacher if kind == "teacher" else student).get_config("tiny")
+    config.fsdp_min_size = 256  # the tiny models' kernels are small; split them anyway
+    config.optimizer.learning_rate = LEARNING_RATE
+    config.optimizer.eps = ADAM_EPS
+    config.mesh = "data=1,fsdp=1"
+    _, initial, single, history_single = _train_few_steps(config, jax.devices()[:1])
+    config.mesh = "data=4,fsdp=2"
+    task, _, sharded, history_sharded = _train_few_steps(config, jax.devices())
+    _save_trained(os.path.join(out, "initial.npz"), initial)
+    _save_trained(os.path.join(out, "single.npz"), single)
+    _save_trained(os.path.join(out, "sharded.npz"), sharded)
+
+    params, moments = flat_paths(sharded.params), flat_paths(
+        optax.tree_utils.tree_get(sharded.opt_state, "mu"))
+    split = [name for name, leaf in params.items() if "fsdp" in str(leaf.sharding.spec)]
+    return {
+        "devices": [len(jax.tree.leaves(tree)[0].sharding.device_set)
+                    for tree in (single.params, sharded.params)],
+        **{f"{name}_single": value for name, value in history_single.items()},
+        **{f"{name}_sharded": value for name, value in history_sharded.items()},
+        "param_change": _max_diff(initial.params, single.params),
+        "fsdp_split_leaves": len(split),
+        "moments_follow_params": all(moments[n].sharding == params[n].sharding for n in params),
+        "frozen_not_in_optimizer": not any(n.startswith("vae/") for n in moments) and (
+            kind == "student" or "vae" in task.frozen["params"]),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(sys.argv[1], sys.argv[2])))
