@@ -14,19 +14,9 @@ import pytest
 from PIL import Image
 
 from dpiqa_jax import heatmap, scorer
-from test_scorer import (IMAGE_SIZE, MAP_SIZE, bad_input_files, make_student_bundle, random_image,
-                         run_module, save_image)
+from test_scorer import (IMAGE_SIZE, MAP_SIZE, bad_input_files, random_image, run_module,  # noqa: F401
+                         save_image, student, student_dir)
 
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    return make_student_bundle(tmp_path_factory.mktemp("student"))
-
-
-@pytest.fixture(scope="module")
-def student(student_dir):
-    return scorer.Scorer.load(student_dir, batch_size=2)
 
 
 def _tree(root):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax.sd import loading
+from dpiqa_jax.train.state import count_params
 
 FP32_MAX_REL_ERR = 1e-3
 CONTEXT_TOKENS = 1485
@@ -76,10 +77,6 @@ def _errors(ours: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float,
                   zip(ours, reference))
     scale = max(float(np.max(np.abs(r))) for r in reference)
     return abs_err, abs_err / max(scale, 1e-30)
-
-
-def _count(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def _nhwc(tensor) -> np.ndarray:
@@ -164,7 +161,7 @@ def unet_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
                   [np.transpose(r, (0, 2, 3, 1)) for r in residuals])
         ours = [np.asarray(o, np.float64) for o in list(out.up_features) + [out.out]]
         abs_err, rel_err = _errors(ours, reference)
-        yield ParityResult("unet", _count(params), n_torch, abs_err, rel_err, dtype)
+        yield ParityResult("unet", count_params(params), n_torch, abs_err, rel_err, dtype)
 
 
 def vae_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
@@ -186,7 +183,7 @@ def vae_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
         mean, logvar = jax.jit(module.clone(dtype=jnp.dtype(dtype)).apply)(
             {"params": cast}, np.transpose(images, (0, 2, 3, 1)))
         abs_err, rel_err = _errors([np.asarray(mean), np.asarray(logvar)], reference)
-        yield ParityResult("vae_encoder", _count(params), n_torch, abs_err, rel_err, dtype)
+        yield ParityResult("vae_encoder", count_params(params), n_torch, abs_err, rel_err, dtype)
 
 
 def clip_parity(sd_dir: str, batch: int, dtypes: tuple[str, ...]) -> Iterator[ParityResult]:
@@ -221,7 +218,7 @@ def clip_parity(sd_dir: str, batch: int, dtypes: tuple[str, ...]) -> Iterator[Pa
         head = ours.projected if has_projection else ours.pooled
         abs_err, rel_err = _errors([np.asarray(ours.last_hidden_state), np.asarray(head)],
                                    reference)
-        yield ParityResult("clip_text", _count(params), n_torch, abs_err, rel_err, dtype)
+        yield ParityResult("clip_text", count_params(params), n_torch, abs_err, rel_err, dtype)
 
 
 def run_parity(size: str, res: int, sd_dir: str | None = None, batch: int = 2,

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dpiqa_jax import bundle
+
 Params = dict[str, Any]
 
 
@@ -60,17 +62,6 @@ def flat_paths(tree: Any) -> dict[str, Any]:
     return {path_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _nest(flat: Mapping[str, Any]) -> Params:
-    tree: Params = {}
-    for name, leaf in flat.items():
-        node = tree
-        *parents, last = name.split("/")
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[last] = leaf
-    return tree
-
-
 def partition_params(params: Params, frozen_patterns: Sequence[str]) -> tuple[Params, Params]:
     """Splits params into (trainable, frozen): a leaf is frozen when its path (`vae/...`) matches
     one of the regexes `frozen_patterns` (searched, not fully matched)."""
@@ -83,7 +74,7 @@ def partition_params(params: Params, frozen_patterns: Sequence[str]) -> tuple[Pa
     if unused:
         raise ValueError(f"frozen patterns {unused} match no parameter; top-level names are "
                          f"{sorted(params)}")
-    return _nest(trainable), _nest(frozen)
+    return bundle.unflatten_variables(trainable), bundle.unflatten_variables(frozen)
 
 
 def merge_params(trainable: Params, frozen: Params) -> Params:
@@ -92,7 +83,7 @@ def merge_params(trainable: Params, frozen: Params) -> Params:
     overlap = sorted(set(flat_trainable) & set(flat_frozen))
     if overlap:
         raise ValueError(f"parameters both trainable and frozen: {overlap[:10]}")
-    return _nest({**flat_frozen, **flat_trainable})
+    return bundle.unflatten_variables({**flat_frozen, **flat_trainable})
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
