@@ -45,15 +45,15 @@ class Bundle:
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def build_model(self, dtype: Any = None):
-        """The Flax module this bundle's variables belong to."""
+    def build_model(self, **module_kwargs: Any):
+        """The Flax module this bundle's variables belong to; `module_kwargs` (dtype, and for the
+        teacher attention_kernel) go to its constructor."""
         config = model_config_from_dict(self.kind, self.model_config)
-        kwargs = {} if dtype is None else {"dtype": dtype}
         if self.kind == "teacher":
             from dpiqa_jax.models.teacher import Teacher  # pylint: disable=import-outside-toplevel
-            return Teacher(config=config, **kwargs)
+            return Teacher(config=config, **module_kwargs)
         from dpiqa_jax.models.student import Student  # pylint: disable=import-outside-toplevel
-        return Student(config=config, **kwargs)
+        return Student(config=config, **module_kwargs)
 
 
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],

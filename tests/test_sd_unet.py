@@ -14,6 +14,7 @@ from diffusers.models.upsampling import Upsample2D as TorchUpsample2D
 
 from dpiqa_jax.convert.torch_layout import torch_to_flax
 from dpiqa_jax.sd import layers
+from dpiqa_jax.sd.attention import AttentionKernel
 from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNet, UNetConfig
 
 BATCH, LATENT, CONTEXT_LEN, CONTEXT_DIM = 2, 32, 150, 32
@@ -124,6 +125,17 @@ def test_t2i_adapter_features_match_diffusers_intrablock_residuals(fp32_runs):
     for feature, expected in zip(ours.up_features, reference, strict=True):
         _assert_close(feature, expected)
     _assert_close(ours.out, reference_sample)
+
+
+def test_query_chunked_attention_matches_diffusers(tiny, fp32_runs):
+    """Chunks of 100 queries: 1024-token self-attention and the 2048-query folded cross-attention
+    split into uneven chunks (the last one padded)."""
+    _, (reference, _) = fp32_runs["adapter"]
+    chunked = UNet(tiny["model"].config, attention_kernel=AttentionKernel(query_chunk=100))
+    ours = jax.jit(lambda v, x, c, a: chunked.apply(v, x, 1, c, a))(
+        tiny["variables"], tiny["sample"], tiny["context"], tiny["adapters"])
+    for feature, expected in zip(ours.up_features, reference, strict=True):
+        _assert_close(feature, expected)
 
 
 def test_bf16_compute_with_per_sample_context_stays_close_to_fp32(tiny):

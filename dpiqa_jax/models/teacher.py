@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from dpiqa_jax.models.adapters import ImageAdapter, ImageAdapterConfig, TextAdapter
 from dpiqa_jax.models.qfd import QFDConfig, QualityFeatureDecoder
+from dpiqa_jax.sd.attention import AttentionKernel
 from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNet, UNetConfig
 from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig, VAEEncoder
 
@@ -85,17 +86,21 @@ class TeacherConfig:
 
 
 class Teacher(nn.Module):
-    """DP-IQA teacher: images [B, H, W, 3] in [0, 1] + prompt embeddings [K, D] -> score, map."""
+    """DP-IQA teacher: images [B, H, W, 3] in [0, 1] + prompt embeddings [K, D] -> score, map.
+
+    `attention_kernel` chooses how the UNet's attention is computed (`AttentionKernel`).
+    """
 
     config: TeacherConfig = TeacherConfig()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: AttentionKernel = AttentionKernel()
 
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.vae = VAEEncoder(cfg.vae, **kw)
-        self.unet = UNet(cfg.unet, **kw)
+        self.unet = UNet(cfg.unet, attention_kernel=self.attention_kernel, **kw)
         self.img_adapter = ImageAdapter(cfg.image_adapter, **kw)
         self.text_adapter = TextAdapter(cfg.text_hidden_dim, **kw)
         self.QFD = QualityFeatureDecoder(cfg.qfd, **kw)  # pylint: disable=invalid-name

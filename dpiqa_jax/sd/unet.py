@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.sd.attention import Transformer2DModel, TransformerSettings
+from dpiqa_jax.sd.attention import AttentionKernel, Transformer2DModel, TransformerSettings
 from dpiqa_jax.sd.layers import (Downsample2D, GroupNorm, ResnetBlock2D, TimestepEmbedding,
                                  Upsample2D, conv2d, timestep_embedding)
 
@@ -382,11 +382,13 @@ class UNet(nn.Module):
     Children mirror diffusers: `conv_in`, `time_embedding`, `down_blocks_i`, `mid_block`,
     `up_blocks_i`, `conv_norm_out`, `conv_out`. The output head always has parameters (so the
     parameter tree matches the checkpoint) but runs only when `return_output=True`.
+    `attention_kernel` chooses how every transformer's attention is computed.
     """
 
     config: UNetConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: AttentionKernel = AttentionKernel()
 
     @nn.compact
     def __call__(self, sample: jax.Array, timesteps: Any, context: jax.Array,
@@ -432,15 +434,17 @@ class UNet(nn.Module):
         skips = [x]
         for i, block_type in enumerate(cfg.down_block_types):
             with_attention = _strip_res_prefix(block_type) == CROSS_ATTN_DOWN
+            attention = self._with_kernel(cfg.transformer_settings(i)) if with_attention else None
             x, block_skips = DownBlock2D(
                 cfg.block_out_channels[i], cfg.layers(i), cfg.norm_num_groups, cfg.norm_eps,
                 add_downsample=i < n_blocks - 1, downsample_padding=cfg.downsample_padding,
-                attention=cfg.transformer_settings(i) if with_attention else None,
+                attention=attention,
                 name=f"down_blocks_{i}", **kw)(x, temb, context, adapter_features[i])
             skips.extend(block_skips)
 
-        x = UNetMidBlock2DCrossAttn(cfg.mid_transformer_settings(), cfg.norm_num_groups,
-                                    cfg.norm_eps, cfg.mid_block_scale_factor, name="mid_block",
+        x = UNetMidBlock2DCrossAttn(self._with_kernel(cfg.mid_transformer_settings()),
+                                    cfg.norm_num_groups, cfg.norm_eps,
+                                    cfg.mid_block_scale_factor, name="mid_block",
                                     **kw)(x, temb, context)
 
         up_features = []
@@ -449,10 +453,11 @@ class UNet(nn.Module):
             block_skips, skips = skips[-n_layers:], skips[:-n_layers]
             is_last = i == n_blocks - 1
             with_attention = _strip_res_prefix(block_type) == CROSS_ATTN_UP
+            attention = (self._with_kernel(cfg.transformer_settings(i, up=True))
+                         if with_attention else None)
             x = UpBlock2D(
                 cfg.block_out_channels[n_blocks - 1 - i], n_layers, cfg.norm_num_groups,
-                cfg.norm_eps, add_upsample=not is_last,
-                attention=cfg.transformer_settings(i, up=True) if with_attention else None,
+                cfg.norm_eps, add_upsample=not is_last, attention=attention,
                 name=f"up_blocks_{i}", **kw,
             )(x, block_skips, temb, context, None if is_last else skips[-1].shape[1:3])
             up_features.append(x)
@@ -464,3 +469,6 @@ class UNet(nn.Module):
                                   param_dtype=self.param_dtype, name="conv_norm_out")(x))
             out = conv2d(cfg.out_channels, cfg.conv_out_kernel, name="conv_out", **kw)(h)
         return UNetOutput(tuple(up_features), out if return_output else None)
+
+    def _with_kernel(self, settings: TransformerSettings) -> TransformerSettings:
+        return dataclasses.replace(settings, kernel=self.attention_kernel)

@@ -65,7 +65,7 @@ def distillation_teacher(config: ml_collections.ConfigDict) -> tuple[Teacher,
         teacher_config = _bundle_teacher_config(config.teacher_checkpoint)
     else:
         teacher_config = TeacherConfig()
-    module = Teacher(teacher_config, dtype=models.compute_dtype(config))
+    module = models.build_frozen_teacher(teacher_config, config)
     return module, _teacher_weights(module, config, num_prompts)
 
 

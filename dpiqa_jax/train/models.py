@@ -31,6 +31,7 @@ from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
 from dpiqa_jax.sd import loading as sd_loading
+from dpiqa_jax.sd.attention import AttentionKernel
 from dpiqa_jax.sd.unet import UNetConfig
 from dpiqa_jax.sd.vae import VAEConfig
 from dpiqa_jax.train.state import Params
@@ -103,9 +104,21 @@ def student_config(config: ml_collections.ConfigDict) -> StudentConfig:
                          hidden=s.hidden)
 
 
+def attention_kernel(config: ml_collections.ConfigDict) -> AttentionKernel:
+    return AttentionKernel(config.attention.implementation, config.attention.query_chunk)
+
+
 def build_teacher(teacher_cfg: TeacherConfig, config: ml_collections.ConfigDict) -> Teacher:
+    """The teacher that trains: compute dtype, fp32 (or config.param_dtype) master weights."""
     return Teacher(teacher_cfg, dtype=compute_dtype(config), param_dtype=jnp.dtype(
-        config.param_dtype))
+        config.param_dtype), attention_kernel=attention_kernel(config))
+
+
+def build_frozen_teacher(teacher_cfg: TeacherConfig, config: ml_collections.ConfigDict
+                         ) -> Teacher:
+    """The teacher a student distils from (inference only)."""
+    return Teacher(teacher_cfg, dtype=compute_dtype(config),
+                   attention_kernel=attention_kernel(config))
 
 
 def build_student(config: ml_collections.ConfigDict) -> Student:
@@ -240,7 +253,7 @@ def initial_teacher_for_distillation(config: ml_collections.ConfigDict
         if config.variant != "tiny":
             raise ValueError(f"teacher_checkpoint={RANDOM_TINY_TEACHER!r} is for the tiny "
                              "variant only; give the trained teacher's bundle directory")
-        module = Teacher(TINY_TEACHER, dtype=compute_dtype(config))
+        module = build_frozen_teacher(TINY_TEACHER, config)
         rng = np.random.default_rng(config.seed + 1)
         prompts = rng.standard_normal((TINY_NUM_PROMPTS, TINY_TEXT_DIM)).astype(np.float32)
         images, prompt_shape = teacher_init_inputs(TINY_TEACHER, config, TINY_NUM_PROMPTS)
@@ -257,7 +270,8 @@ def initial_teacher_for_distillation(config: ml_collections.ConfigDict
     if model_bundle.kind != "teacher":
         raise ValueError(f"{config.teacher_checkpoint} holds a {model_bundle.kind}, expected "
                          "the teacher")
-    module = model_bundle.build_model(dtype=compute_dtype(config))
+    module = model_bundle.build_model(dtype=compute_dtype(config),
+                                      attention_kernel=attention_kernel(config))
     return module, InitialWeights(model_bundle.variables["params"], {}, model_bundle.prompts,
                                   f"teacher bundle {config.teacher_checkpoint}")
 
