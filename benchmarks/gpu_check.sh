@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue #7: DP-IQA's speed in JAX against the PyTorch original, on one GPU.
 #
-#   OUT=/tmp/bench bash benchmarks/gpu_check.sh           # GPU: SD 1.5 + B7 at 512x512, ~8 min
+#   OUT=/tmp/bench bash benchmarks/gpu_check.sh           # GPU: SD 1.5 + B7 at 512x512, ~10 min
 #   SIZE=tiny OUT=/tmp/x bash benchmarks/gpu_check.sh     # a CPU rehearsal of the same logic
 #
 # Writes $OUT/bench.jsonl (the benchmark's JSON lines: per measurement a torch and a jax line and
@@ -13,7 +13,9 @@
 # The machine is expected to have Python 3.12 with jax (CUDA), flax, optax, orbax, absl, torch and
 # torchvision; what else the benchmark imports (diffusers, ml-collections, grain, TFDS and their
 # small dependencies) is installed from the wheels in .whl/ when not importable already.
-# Optional: TORCH_COMPILE=1 adds teacher_infer with torch.compile; STEPS (default 10).
+# Teacher measurements use XLA attention with 1024-query chunks (the training configs'); the second
+# teacher_infer runs cuDNN flash attention instead. Optional: TORCH_COMPILE=1 adds teacher_infer
+# with torch.compile; STEPS (default 10).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the output directory}"
@@ -50,7 +52,7 @@ if [ "$SIZE" = tiny ]; then
   limit() { echo 400; }
 else
   COMMON=(--size=full --steps="$STEPS" --input_threads=16)
-  # Seconds per measurement, compile times included; they sum to under eight minutes.
+  # Seconds per measurement, compile times included; they sum to under ten minutes.
   limit() {
     case $1 in
       teacher_infer) echo 100 ;; student_infer) echo 60 ;; teacher_train) echo 180 ;;
@@ -70,6 +72,7 @@ measure() {  # measure NAME [extra flags]: one process, torch and jax, JSON line
 }
 
 measure teacher_infer
+measure teacher_infer --attention=cudnn
 measure student_infer
 measure teacher_train
 measure student_train

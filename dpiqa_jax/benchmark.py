@@ -47,6 +47,7 @@ from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
+from dpiqa_jax.sd.attention import AttentionKernel
 from dpiqa_jax.sd.parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
 from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
@@ -352,10 +353,11 @@ def _host_student_variables(module: Student, inputs: Mapping[str, Any], seed: in
                                            jax.random.key(0), inputs["image"][:1]), seed)
 
 
-def teacher_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int) -> Program:
+def teacher_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int,
+                          attention: AttentionKernel) -> Program:
     """`Teacher.__call__` on bf16 (or `dtype`) params: images + prompts -> score, map."""
     inputs = jax.device_put(random_inputs(size, batch, seed))
-    module = Teacher(size.teacher, dtype=jnp.dtype(dtype))
+    module = Teacher(size.teacher, dtype=jnp.dtype(dtype), attention_kernel=attention)
     # Cast on the host: float32 copies on the device would count in the peak memory.
     params = jax.device_put(cast_floating(_host_teacher_params(module, inputs, seed), dtype))
 
@@ -410,13 +412,14 @@ def _compile_update(update: steps.UpdateFn, state: Any, frozen: Any, batch: Any,
 
 
 def teacher_train_program(size: BenchmarkSize, dtype: str, batch: int, seed: int,
-                          training: ml_collections.ConfigDict) -> Program:
+                          training: ml_collections.ConfigDict,
+                          attention: AttentionKernel) -> Program:
     """`steps.make_teacher_update` as training runs it: fp32 master weights of the trained part
     (`training.param_dtype`), the frozen part (`models.teacher_frozen_patterns`) and the prompts
     in the compute dtype, Adam from `training.optimizer`, donated state."""
     inputs = jax.device_put(random_inputs(size, batch, seed))
     module = Teacher(size.teacher, dtype=jnp.dtype(dtype),
-                     param_dtype=jnp.dtype(training.param_dtype))
+                     param_dtype=jnp.dtype(training.param_dtype), attention_kernel=attention)
     trainable, frozen_params = partition_params(_host_teacher_params(module, inputs, seed),
                                                 models.teacher_frozen_patterns(training))
     frozen = jax.device_put(cast_floating({"params": frozen_params, "prompts": inputs["prompts"]},
@@ -464,6 +467,7 @@ class RunSettings:
       teacher_training, student_training: the training configs (configs/teacher.py,
         configs/student.py) whose optimizer, frozen parts, remat policy, master-weight dtype and
         loss weights the train steps use.
+      attention: how the teacher's attention runs, in both teacher measurements.
     """
 
     size: BenchmarkSize
@@ -474,15 +478,17 @@ class RunSettings:
     peak_tflops: float | None
     teacher_training: ml_collections.ConfigDict
     student_training: ml_collections.ConfigDict
+    attention: AttentionKernel = AttentionKernel()
 
 
 def jax_program(measurement: str, settings: RunSettings) -> Program:
     size, dtype, seed = settings.size, settings.dtype, settings.seed
     batch = size.batch(measurement)
     if measurement == TEACHER_INFER:
-        return teacher_infer_program(size, dtype, batch, seed)
+        return teacher_infer_program(size, dtype, batch, seed, settings.attention)
     if measurement == TEACHER_TRAIN:
-        return teacher_train_program(size, dtype, batch, seed, settings.teacher_training)
+        return teacher_train_program(size, dtype, batch, seed, settings.teacher_training,
+                                     settings.attention)
     if measurement == STUDENT_INFER:
         return student_infer_program(size, dtype, batch, seed)
     if measurement == STUDENT_TRAIN:
@@ -516,5 +522,7 @@ def measure_jax(measurement: str, settings: RunSettings) -> Record:
 def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
     if measurement.startswith("student"):
         return {"student_backbone": settings.size.student.backbone}
-    return {"context_tokens": settings.size.num_prompts}
+    return {"context_tokens": settings.size.num_prompts,
+            "attention": settings.attention.implementation,
+            "attention_query_chunk": settings.attention.query_chunk}
 

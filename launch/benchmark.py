@@ -11,7 +11,9 @@ adapter and QFD, EfficientNet-B0, 64x64, batch 2. `--size=full`: SD 1.5 + Effici
 512x512, teacher batch 16, student batch 32. Weights are random. Each line carries `framework`,
 `batch`, `resolution`, `img_per_s`, `step_ms` (median), `compile_s`, `peak_memory_bytes` (and
 `peak_memory_kind`), `flops_per_image`, `tflops`, `mfu`, `peak_tflops`, `dtype`, `device`,
-`weights` (dpiqa_jax/benchmark.py explains each). `--ratio` adds
+`weights` (dpiqa_jax/benchmark.py explains each); teacher lines also `attention` and
+`attention_query_chunk` (`--attention=xla|cudnn`, `--query_chunk`: how the UNet's attention runs,
+dpiqa_jax.sd.attention.AttentionKernel; the default is the training configs'). `--ratio` adds
 {"measurement", "speedup": jax img/s / torch img/s} lines. `--keep_going` reports a failed
 measurement as {"measurement", "framework", "error"} and goes on (exit status 1).
 
@@ -31,6 +33,7 @@ from absl import app, flags
 from configs import student as student_configs
 from configs import teacher as teacher_configs
 from dpiqa_jax import benchmark
+from dpiqa_jax.sd.attention import ATTENTION_IMPLEMENTATIONS, AttentionKernel
 
 _SIZE = flags.DEFINE_enum("size", "tiny", benchmark.SIZES, "Model and batch sizes.")
 _ONLY = flags.DEFINE_list("only", list(benchmark.MEASUREMENTS),
@@ -52,6 +55,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs."
 _INPUT_IMAGES = flags.DEFINE_integer("input_images", 64, "Distinct JPEGs of input_pipeline.")
 _INPUT_THREADS = flags.DEFINE_integer("input_threads", 8, "Decoding threads of input_pipeline.")
 _INPUT_PASSES = flags.DEFINE_integer("input_passes", 2, "Passes over the JPEGs of input_pipeline.")
+_ATTENTION = flags.DEFINE_enum("attention", "xla", ATTENTION_IMPLEMENTATIONS,
+                               "Teacher attention: XLA's, or cuDNN flash attention (NVIDIA, bf16).")
+_QUERY_CHUNK = flags.DEFINE_integer("query_chunk", None, "Teacher attention queries per "
+                                    "rematerialised chunk (xla only); 0: unchunked; default: the "
+                                    "training config's with xla, 0 with cudnn.")
 _KEEP_GOING = flags.DEFINE_bool("keep_going", False,
                                 "On a failed measurement print an error line, go on, exit 1.")
 # The spellings of issue #7.
@@ -126,6 +134,13 @@ def _line(record: benchmark.Record | dict[str, str]) -> str:
     return record.to_json() if isinstance(record, benchmark.Record) else json.dumps(record)
 
 
+def _attention_kernel(config_query_chunk: int) -> AttentionKernel:
+    chunk = _QUERY_CHUNK.value
+    if chunk is None:
+        chunk = config_query_chunk if _ATTENTION.value == "xla" else 0
+    return AttentionKernel(_ATTENTION.value, chunk)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -134,12 +149,13 @@ def main(argv):
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
                                     student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value)
+    teacher_training = teacher_configs.get_config("koniq10k")
     settings = benchmark.RunSettings(
         size=size, dtype=benchmark.compute_dtype(_DTYPE.value, benchmark.jax_platform()),
         steps=_STEPS.value, warmup=_WARMUP.value, seed=_SEED.value,
-        peak_tflops=_PEAK_TFLOPS.value or None,
-        teacher_training=teacher_configs.get_config("koniq10k"),
-        student_training=student_configs.get_config("koniq10k"))
+        peak_tflops=_PEAK_TFLOPS.value or None, teacher_training=teacher_training,
+        student_training=student_configs.get_config("koniq10k"),
+        attention=_attention_kernel(teacher_training.attention.query_chunk))
     results = []
     for measurement in measurements:
         new = ([_measured(measurement, "jax", lambda: input_pipeline_record(size))]

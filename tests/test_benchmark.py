@@ -87,6 +87,8 @@ def test_inference_and_input_pipeline_lines_for_both_frameworks():
         check_model_record(record)
     teacher = {r["framework"]: r for r in models if r["measurement"] == "teacher_infer"}
     assert teacher["jax"]["context_tokens"] == teacher["torch"]["context_tokens"] == 1485
+    # The training configs' attention: XLA, queries in chunks of 1024 (64x64 images: 64 tokens).
+    assert (teacher["jax"]["attention"], teacher["jax"]["attention_query_chunk"]) == ("xla", 1024)
     assert teacher["torch"]["flops_per_image"] == teacher["jax"]["flops_per_image"]
     check_ratios(lines, ["teacher_infer", "student_infer"])
 
