@@ -5,7 +5,6 @@ the real EfficientNet-Lite0 weights."""
 import dataclasses
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +18,8 @@ from PIL import Image
 from dpiqa_jax.convert import efficientnet as convert
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError, read_state_dict_file
 from dpiqa_jax.models.efficientnet import (
-    BlockConfig, DepthwiseConv, EfficientNet, EfficientNetConfig, ImageNetClassifier, MBConv,
-    StageConfig, efficientnet_config)
+    BlockConfig, EfficientNet, EfficientNetConfig, ImageNetClassifier, MBConv, StageConfig,
+    efficientnet_config)
 from dpiqa_jax.reference.torch_models import TorchEfficientNet, TorchMBConv
 
 # `num_params` of torchvision's efficientnet_b0..b7 weights (torchvision/models/efficientnet.py).
@@ -201,45 +200,6 @@ def test_bfloat16_compute_stays_close_to_float32():
     half = _jitted_apply(EfficientNet(TINY, dtype=jnp.bfloat16), train=False)(variables, x)
     assert half.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(half, np.float32), full, atol=0.1, rtol=0.05)
-
-
-# --------------------------------------------------------------------------- depthwise convolution
-
-
-@pytest.mark.parametrize("kernel_size, stride, padding, side", [
-    (3, 1, ((1, 1), (1, 1)), 9), (5, 2, ((2, 2), (2, 2)), 11), (3, 2, "SAME", 10),
-    (5, 2, "SAME", 9)])
-def test_depthwise_conv_is_flax_grouped_conv_with_its_gradients(kernel_size, stride, padding,
-                                                                 side):
-    """On CPU DepthwiseConv runs as a shifted sum; nn.Conv is XLA's grouped convolution."""
-    x = jnp.asarray(np.random.default_rng(6).standard_normal((2, side, side, 6), np.float32))
-    ours = DepthwiseConv(kernel_size, stride, padding)
-    grouped = nn.Conv(6, (kernel_size, kernel_size), strides=(stride, stride), padding=padding,
-                      feature_group_count=6, use_bias=False)
-    variables = grouped.init(jax.random.key(0), x)
-    # Same parameter tree and the same initial values (a tree mismatch raises too).
-    jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(0), x), variables)
-
-    def loss(module):
-        return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
-
-    np.testing.assert_allclose(ours.apply(variables, x), grouped.apply(variables, x), atol=2e-6)
-    for got, expected in zip(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
-                             jax.grad(loss(grouped), argnums=(0, 1))(variables, x), strict=True):
-        jax.tree.map(functools.partial(np.testing.assert_allclose, atol=2e-5), got, expected)
-
-
-@pytest.mark.parametrize("platform, convolutions, multiplies", [("cpu", 0, 9), ("cuda", 1, 0),
-                                                                 ("tpu", 1, 0)])
-def test_depthwise_conv_lowers_to_a_grouped_convolution_off_cpu(platform, convolutions,
-                                                                multiplies):
-    module = DepthwiseConv(3, 2, "SAME")
-    x = jnp.ones((1, 8, 8, 4))
-    variables = module.init(jax.random.key(0), x)
-    text = jax.jit(module.apply).trace(variables, x).lower(
-        lowering_platforms=(platform,)).as_text()
-    assert text.count("stablehlo.convolution") == convolutions
-    assert text.count("stablehlo.multiply") == multiplies
 
 
 # --------------------------------------------------------------------------- converter strictness

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dpiqa_jax.convs import PointwiseConv
+
 Dtype = Any
 
 
@@ -130,8 +132,8 @@ class AdapterBlock(nn.Module):
         if self.down:
             x = avg_pool_2x2_ceil_torch(x)
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="in_conv")(x)
+            x = PointwiseConv(self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
+                              name="in_conv")(x)
         for i in range(self.num_res_blocks):
             x = AdapterResnetBlock(self.out_channels, dtype=self.dtype,
                                    param_dtype=self.param_dtype, name=f"resnets_{i}")(x)

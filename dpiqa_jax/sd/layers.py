@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dpiqa_jax.convs import PointwiseConv
 from dpiqa_jax.models.resize import resize_nearest_torch
 
 Dtype = jnp.dtype
@@ -44,10 +45,14 @@ class LayerNorm(nn.LayerNorm):
 
 
 def conv2d(features: int, kernel_size: int, *, name: str, dtype: Dtype, param_dtype: Dtype,
-           stride: int = 1, padding: int | Sequence[tuple[int, int]] | None = None) -> nn.Conv:
-    """A torch-style Conv2d: square kernel, padding (k - 1) // 2 unless given."""
+           stride: int = 1, padding: int | Sequence[tuple[int, int]] | None = None
+           ) -> nn.Module:
+    """A torch-style Conv2d with bias: square kernel, padding (k - 1) // 2 unless given; a plain
+    1x1 one is a `PointwiseConv` (a matmul, same parameters)."""
     if padding is None:
         padding = (kernel_size - 1) // 2
+    if kernel_size == 1 and stride == 1 and padding == 0:
+        return PointwiseConv(features, dtype=dtype, param_dtype=param_dtype, name=name)
     return nn.Conv(features, (kernel_size, kernel_size), strides=stride, padding=padding,
                    dtype=dtype, param_dtype=param_dtype, name=name)
 
