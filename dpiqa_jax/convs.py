@@ -8,6 +8,9 @@ checkpoints and converters do not see a difference; only the lowering differs:
   (EfficientNet-B7's expand/project shapes); on GPU and TPU both become the same GEMM.
 * `DepthwiseConv` is per platform (below).
 
+`conv2d` builds a torch-style Conv2d, choosing `PointwiseConv` for the plain 1x1 case, so every
+module that mirrors a torch conv gets the fast form without asking for it.
+
 Layout is NHWC.
 """
 
@@ -42,6 +45,19 @@ class PointwiseConv(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
+
+
+def conv2d(features: int, kernel_size: int, *, name: str, dtype: Dtype, param_dtype: Dtype,
+           stride: int = 1, padding: int | Sequence[tuple[int, int]] | None = None
+           ) -> nn.Module:
+    """A torch-style Conv2d with bias: square kernel, padding (k - 1) // 2 unless given; a plain
+    1x1 one is a `PointwiseConv` (a matmul, same parameters)."""
+    if padding is None:
+        padding = (kernel_size - 1) // 2
+    if kernel_size == 1 and stride == 1 and padding == 0:
+        return PointwiseConv(features, dtype=dtype, param_dtype=param_dtype, name=name)
+    return nn.Conv(features, (kernel_size, kernel_size), strides=stride, padding=padding,
+                   dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def _depthwise_as_grouped_conv(x: jax.Array, kernel: jax.Array, stride: int,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpiqa_jax.convs import PointwiseConv
+from dpiqa_jax.convs import conv2d
 
 Dtype = Any
 
@@ -112,10 +112,10 @@ class AdapterResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(nn.Conv, self.channels, dtype=self.dtype,
+        conv = functools.partial(conv2d, self.channels, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
-        h = conv((3, 3), padding=1, name="block1")(x)
-        return conv((1, 1), name="block2")(nn.relu(h)) + x
+        h = conv(3, name="block1")(x)
+        return conv(1, name="block2")(nn.relu(h)) + x
 
 
 class AdapterBlock(nn.Module):
@@ -132,8 +132,8 @@ class AdapterBlock(nn.Module):
         if self.down:
             x = avg_pool_2x2_ceil_torch(x)
         if x.shape[-1] != self.out_channels:
-            x = PointwiseConv(self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
-                              name="in_conv")(x)
+            x = conv2d(self.out_channels, 1, name="in_conv", dtype=self.dtype,
+                       param_dtype=self.param_dtype)(x)
         for i in range(self.num_res_blocks):
             x = AdapterResnetBlock(self.out_channels, dtype=self.dtype,
                                    param_dtype=self.param_dtype, name=f"resnets_{i}")(x)
@@ -159,8 +159,8 @@ class ImageAdapter(nn.Module):
             raise ValueError(f"image adapter expects {cfg.in_channels} input channels, got images "
                              f"of shape {images.shape}")
         x = pixel_unshuffle_torch_order(images.astype(self.dtype), cfg.downscale_factor)
-        x = nn.Conv(cfg.channels[0], (3, 3), padding=1, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="conv_in")(x)
+        x = conv2d(cfg.channels[0], 3, name="conv_in", dtype=self.dtype,
+                   param_dtype=self.param_dtype)(x)
         features = []
         for i, channels in enumerate(cfg.channels):
             x = AdapterBlock(channels, cfg.num_res_blocks, down=i > 0, dtype=self.dtype,

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import PointwiseConv
+from dpiqa_jax.convs import conv2d
 from dpiqa_jax.models.resize import resize_bicubic_torch
 
 Dtype = Any
@@ -88,11 +88,7 @@ class QualityFeatureDecoder(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def _conv(self, features: int, size: int, name: str) -> nn.Module:
-        if size == 1:
-            return PointwiseConv(features, dtype=self.dtype, param_dtype=self.param_dtype,
-                                 name=name)
-        return nn.Conv(features, (size, size), padding=size // 2, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name=name)
+        return conv2d(features, size, name=name, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def _se(self, name: str) -> SqueezeExcite:
         return SqueezeExcite(self.config.se_reduction, dtype=self.dtype,

@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.sd.layers import GroupNorm, LayerNorm, conv2d
+from dpiqa_jax.convs import conv2d
+from dpiqa_jax.sd.layers import GroupNorm, LayerNorm
 
 Dtype = jnp.dtype
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import PointwiseConv
+from dpiqa_jax.convs import conv2d
 from dpiqa_jax.models.resize import resize_nearest_torch
 
 Dtype = jnp.dtype
@@ -42,19 +41,6 @@ class LayerNorm(nn.LayerNorm):
 
     def __call__(self, x: jax.Array) -> jax.Array:  # pylint: disable=arguments-differ
         return super().__call__(x.astype(jnp.float32)).astype(x.dtype)
-
-
-def conv2d(features: int, kernel_size: int, *, name: str, dtype: Dtype, param_dtype: Dtype,
-           stride: int = 1, padding: int | Sequence[tuple[int, int]] | None = None
-           ) -> nn.Module:
-    """A torch-style Conv2d with bias: square kernel, padding (k - 1) // 2 unless given; a plain
-    1x1 one is a `PointwiseConv` (a matmul, same parameters)."""
-    if padding is None:
-        padding = (kernel_size - 1) // 2
-    if kernel_size == 1 and stride == 1 and padding == 0:
-        return PointwiseConv(features, dtype=dtype, param_dtype=param_dtype, name=name)
-    return nn.Conv(features, (kernel_size, kernel_size), strides=stride, padding=padding,
-                   dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class ResnetBlock2D(nn.Module):

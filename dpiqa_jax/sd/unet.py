@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dpiqa_jax.convs import conv2d
 from dpiqa_jax.sd.attention import AttentionKernel, Transformer2DModel, TransformerSettings
 from dpiqa_jax.sd.layers import (Downsample2D, GroupNorm, ResnetBlock2D, TimestepEmbedding,
-                                 Upsample2D, conv2d, timestep_embedding)
+                                 Upsample2D, timestep_embedding)
 
 Dtype = jnp.dtype
 

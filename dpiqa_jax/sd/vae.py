@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from dpiqa_jax.sd.attention import SpatialSelfAttention
-from dpiqa_jax.sd.layers import GroupNorm, ResnetBlock2D, conv2d
+from dpiqa_jax.convs import conv2d
+from dpiqa_jax.sd.layers import GroupNorm, ResnetBlock2D
 from dpiqa_jax.sd.unet import DownBlock2D
 
 Dtype = jnp.dtype
