@@ -185,13 +185,8 @@ def read_prompt_embeddings(path: str, text_dim: int) -> tuple[np.ndarray, dict[s
     The record holds the file, its sha256 and, when `prompts.json` sits beside it (written by
     `launch.embed_prompts`), that sidecar's contents.
     """
-    try:
-        embeddings = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the prompt embeddings ({err})") from err
-    if embeddings.dtype != np.float32 or embeddings.ndim != 2 or embeddings.shape[1] != text_dim:
-        raise ValueError(f"{path}: prompt embeddings must be float32 [K, {text_dim}] (K = 1485 for "
-                         f"the authors' prompts), got {embeddings.dtype} {list(embeddings.shape)}")
+    from dpiqa_jax.prompts import read_prompt_array  # pylint: disable=import-outside-toplevel
+    embeddings = read_prompt_array(path, dim=text_dim)
     record: dict[str, Any] = {"path": os.path.abspath(path), "sha256": file_sha256(path),
                               "shape": list(embeddings.shape)}
     sidecar = os.path.splitext(path)[0] + ".json"

@@ -12,7 +12,8 @@ missing, unexpected or mis-shaped tensor is an error naming it. Tensors the mode
 --prompts: float32 [1485, 768] from `launch.embed_prompts` (its prompts.json sidecar, if present,
 is recorded). --sd_config_from: a diffusers directory whose unet/config.json and vae/config.json
 describe a teacher that is not SD 1.5-sized. --backbone: default inferred from the shapes.
-Exit status: 0 converted, 1 the checkpoint does not convert, 2 usage error.
+Exit status: 0 converted, 1 the checkpoint does not convert, 2 usage error. A file that cannot be
+read or converted (corrupt, crafted, truncated) gives one line naming it, never a traceback.
 Flag names also accept dashes (--sd-config-from, --image-size).
 """
 
@@ -25,6 +26,11 @@ from dpiqa_jax import export
 from launch import cli
 
 COMMANDS = ("official-teacher", "official-student")
+# What reading or converting a bad file raises: the readers' CheckpointError and the converters'
+# StateDictMismatchError (both ValueErrors), I/O errors, and the arithmetic, indexing and type
+# errors that shapes crafted to be inconsistent can cause in config inference.
+_UNCONVERTIBLE = (OSError, ValueError, ImportError, TypeError, KeyError, IndexError,
+                  ArithmeticError, MemoryError)
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The authors' state dict file.",
                                   required=True)
@@ -60,6 +66,13 @@ def _check_usage(command: str) -> None:
         cli.exit_with_usage_error("--prompts and --sd_config_from apply to official-teacher only")
 
 
+def _naming_the_inputs(err: BaseException) -> str:
+    """The error's message, prefixed with the checkpoint's path when it names no input file."""
+    message = str(err) or type(err).__name__
+    inputs = [p for p in (_CHECKPOINT.value, _PROMPTS.value) if p]
+    return message if any(p in message for p in inputs) else f"{_CHECKPOINT.value}: {message}"
+
+
 def main(argv):
     command = _command(argv)
     _check_usage(command)
@@ -72,8 +85,8 @@ def main(argv):
             out = export.import_official_student(_CHECKPOINT.value, _OUT.value,
                                                  backbone=_BACKBONE.value,
                                                  image_size=_IMAGE_SIZE.value)
-    except (OSError, ValueError, ImportError) as err:
-        print(f"conversion failed: {err}", file=sys.stderr)
+    except _UNCONVERTIBLE as err:
+        print(f"conversion failed: {_naming_the_inputs(err)}", file=sys.stderr)
         return 1
     print(f"wrote {out}", file=sys.stderr)
     return 0
