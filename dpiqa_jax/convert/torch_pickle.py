@@ -465,10 +465,15 @@ def _materialize(obj: Any) -> Any:
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
-    """The member's bytes, refused before reading if it declares more than `max_bytes`."""
+    """The member's bytes, refused before reading if it declares more than `max_bytes` or more
+    compressed bytes than the archive holds (zipfile would ask the OS for all of them at once)."""
     if info.file_size > max_bytes:
         raise _Refused(f"archive member {info.filename} declares {info.file_size} bytes, more "
                        f"than the {max_bytes} it may hold")
+    archive_size = os.fstat(archive.fp.fileno()).st_size
+    if info.header_offset + info.compress_size > archive_size:
+        raise _Refused(f"archive member {info.filename} declares {info.compress_size} bytes at "
+                       f"offset {info.header_offset}, past the archive's {archive_size}")
     with archive.open(info) as member:
         data = member.read(max_bytes + 1)
     if len(data) != info.file_size:
