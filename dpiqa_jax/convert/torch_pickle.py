@@ -42,10 +42,11 @@ _STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
 }
 
-# A state dict of a few thousand tensors pickles to well under 1 MiB and 100k opcodes; the
-# limits leave two orders of magnitude of room while bounding what a crafted pickle can build.
+# A state dict of a few thousand tensors pickles to well under 1 MiB and 100k opcodes (~25 per
+# tensor); the limits leave an order of magnitude or more of room while bounding what a crafted
+# pickle can build (the pure-Python interpreter runs ~100k opcodes a second).
 MAX_PICKLE_BYTES = 64 * 2**20
-MAX_OPCODES = 5_000_000
+MAX_OPCODES = 2_000_000
 MAX_DEPTH = 100
 # Tied weights make two tensors of one storage; more than this many copies of the file's storage
 # bytes can only come from views crafted to multiply memory.
