@@ -270,7 +270,8 @@ def read_csv_rows(path: Path, required_columns: Sequence[str]) -> list[tuple[int
             raise ValueError(f"{path}: missing column(s) {absent}; header is {header}")
         rows = [(reader.line_num, row) for row in reader]
     except csv.Error as e:
-        raise ValueError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+        # line_num counts the lines of the records read so far; the bad one is the next.
+        raise ValueError(f"{path}:{reader.line_num + 1}: malformed CSV ({e})") from None
     if not rows:
         raise ValueError(f"{path}: no rows after the header")
     return rows
@@ -283,7 +284,8 @@ def parse_float(text: Any, where: str, low: float = -math.inf, high: float = mat
     except (TypeError, ValueError):
         raise ValueError(f"{where}: expected a number, got {text!r}") from None
     if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{where}: {text!r} is not a finite number in [{low}, {high}]")
+        shown = repr(text) if isinstance(text, str) else str(text)
+        raise ValueError(f"{where}: {shown} is not a finite number in [{low}, {high}]")
     return value
 
 

@@ -62,7 +62,9 @@ ChallengeDB_release/ folder:
         base.require_file(path, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         try:
             contents = scipy.io.loadmat(path)
-        except (ValueError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as e:
+        # What scipy raises on a malformed .mat, by the part of the file it trips on.
+        except (ValueError, TypeError, IndexError, KeyError, EOFError, NotImplementedError,
+                scipy.io.matlab.MatReadError) as e:
             raise ValueError(f"{path}: not a readable MATLAB file ({e})") from None
         if key not in contents:
             raise KeyError(f"{path}: no variable {key!r}; found "
