@@ -207,3 +207,12 @@ def test_a_field_over_the_csv_limit_is_named(tmp_path):
     csv_path.write_text(csv_path.read_text() + "x" * 200_000 + ".png,1,1\n", encoding="utf-8")
     with pytest.raises(ValueError, match=re.escape(f"{csv_path}:5: malformed CSV (field larger")):
         _build("iqa_folder", layout, tmp_path, expected_count=None)
+
+
+def test_a_symlink_loop_is_named(tmp_path):
+    layout = _folder_with_name(tmp_path, "loop.jpg")
+    os.symlink(layout.image_root / "loop.jpg", layout.image_root / "loop.jpg")
+    csv_path = layout.manual_dir / "labels.csv"
+    with pytest.raises(ValueError, match=re.escape(
+            f"{csv_path}:2: image 'loop.jpg' cannot be resolved")):
+        _build("iqa_folder", layout, tmp_path)

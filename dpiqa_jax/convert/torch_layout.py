@@ -84,8 +84,9 @@ def _read_safetensors_header(path: str, size: int) -> tuple[dict[str, Any], int]
             raise _safetensors_error(path, f"{size} bytes, shorter than the 8-byte header length")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > min(size - 8, _SAFETENSORS_MAX_HEADER_BYTES):
-            raise _safetensors_error(path, f"header length {header_len} exceeds the file size "
-                                           f"{size} or the format's {_SAFETENSORS_MAX_HEADER_BYTES}")
+            raise _safetensors_error(
+                path, f"header length {header_len} exceeds the file size {size} or the format's "
+                      f"{_SAFETENSORS_MAX_HEADER_BYTES}")
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)

@@ -27,8 +27,8 @@ import os
 import pickletools
 import struct
 import zipfile
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, NoReturn
 
 import ml_dtypes
 import numpy as np
@@ -146,7 +146,7 @@ def _check_view(storage: _Storage, offset: int, size: tuple[int, ...],
 
 
 def _rebuild_tensor(args: tuple) -> _Tensor:
-    """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, meta])."""
+    """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, grad, hooks[, metadata])."""
     if len(args) not in (6, 7) or not isinstance(args[0], _Storage) or not _is_int(args[1]):
         raise _Refused("_rebuild_tensor_v2 called with arguments that are not "
                        "(storage, offset, size, stride, requires_grad, hooks)")
@@ -218,7 +218,7 @@ class _BoundedReader:
     def _remaining(self) -> int:
         return self._end - self._stream.tell()
 
-    def _refuse(self, wanted: int) -> None:
+    def _refuse(self, wanted: int) -> NoReturn:
         if self._limited:
             raise _Refused(f"a pickle longer than {MAX_PICKLE_BYTES} bytes")
         raise _Refused(f"truncated: a pickle needs {wanted} more bytes, {self._remaining()} "

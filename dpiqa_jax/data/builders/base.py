@@ -203,9 +203,13 @@ def image_path(image_dir: Path, name: Any, where: str) -> Path:
         raise ValueError(f"{where}: image name {name!r} leaves the image folder {image_dir} "
                          f"(absolute or containing ..)")
     path = image_dir / name
-    if not path.resolve().is_relative_to(image_dir.resolve()):
-        raise ValueError(f"{where}: image {name!r} is a link to {path.resolve()}, outside the "
-                         f"image folder {image_dir}")
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError) as e:  # RuntimeError: a symlink loop
+        raise ValueError(f"{where}: image {name!r} cannot be resolved ({e})") from None
+    if not target.is_relative_to(image_dir.resolve()):
+        raise ValueError(f"{where}: image {name!r} is a link to {target}, outside the image "
+                         f"folder {image_dir}")
     return path
 
 
