@@ -63,11 +63,9 @@ def config_for_split(config: ml_collections.ConfigDict, split: Any) -> ml_collec
 
 
 def training_length(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
-    """(steps per epoch, total steps); an epoch is the training part in whole global batches."""
-    steps_per_epoch = num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training part has {num_train} images, fewer than one batch of "
-                         f"{config.batch_size}")
+    """(steps per epoch, total steps); an epoch is ceil(N / global batch) steps, the last partial
+    batch kept (padded and masked), as the authors' DataLoader does."""
+    steps_per_epoch = pipeline.steps_per_epoch(num_train, config.batch_size)
     total = config.total_steps if config.total_steps > 0 else config.num_epochs * steps_per_epoch
     return steps_per_epoch, total
 
@@ -126,7 +124,8 @@ def batch_spec(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> dic
     batch = {"image": jax.ShapeDtypeStruct(models.image_shape(config, config.batch_size),
                                            np.float32, sharding=shard),
              "mos_normalized": jax.ShapeDtypeStruct((config.batch_size,), np.float32,
-                                                    sharding=shard)}
+                                                    sharding=shard),
+             "mask": jax.ShapeDtypeStruct((config.batch_size,), np.bool_, sharding=shard)}
     if task.kind == "student" and config.teacher_maps_cache:
         s = config.student
         batch["teacher_map"] = jax.ShapeDtypeStruct(

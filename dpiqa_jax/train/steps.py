@@ -6,8 +6,11 @@ An update function maps (state, frozen, batch) -> (state, metrics):
 * `frozen` holds what does not: `{"params": ..., "prompts": [K, D]}` for the teacher (the VAE,
   and the UNet with `freeze_unet`), `{"teacher": ..., "prompts": ...}` for the student. It is
   never differentiated, so it has no gradients and no optimizer state;
-* `batch` holds global arrays: `image` [B, H, W, 3] in [0, 1], `mos_normalized` [B], and for a
-  student with a map cache `teacher_map` [B, m, m, c].
+* `batch` holds global arrays: `image` [B, H, W, 3] in [0, 1], `mos_normalized` [B], `mask` [B]
+  (False for the padding of an epoch's last partial batch; without it every image is real), and
+  for a student with a map cache `teacher_map` [B, m, m, c]. Losses average over the real images
+  only, as torch's `MSELoss` on the smaller last batch does. (The student's BatchNorm batch
+  statistics of that one step per epoch still include the padding images.)
 
 Randomness comes from `fold_in(key(seed), step)`, so a resumed run draws the same numbers as an
 uninterrupted one: the student's stochastic depth uses that key; the teacher's posterior sample
@@ -46,6 +49,21 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
 def mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
     """torch `MSELoss()` (mean over every element), computed in float32."""
     return jnp.mean(jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32)))
+
+
+def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """torch `MSELoss()` over the real images of a padded batch: [B, ...] with mask [B] (None:
+    every image is real).
+
+    Every image has the same number of elements, so the mean over the real images' elements is
+    the mean of their per-image means.
+    """
+    if mask is None:
+        return mse(prediction, target)
+    per_image = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+    per_image = per_image.reshape(per_image.shape[0], -1).mean(axis=1)
+    weights = mask.astype(jnp.float32)
+    return jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def with_remat(fn: Callable, policy: str) -> Callable:
@@ -150,7 +168,7 @@ def make_teacher_update(module: Teacher, optimizer: optax.GradientTransformation
             params = merge_params(compute_copy(params, module.dtype), frozen["params"])
             score, _ = module.apply({"params": params}, latents, batch["image"],
                                     frozen["prompts"], method=Teacher.score_latents)
-            return mse(score, batch["mos_normalized"])
+            return masked_mse(score, batch["mos_normalized"], batch.get("mask"))
 
         loss, grads = jax.value_and_grad(with_remat(loss_fn, remat_policy))(state.params)
         return apply_gradients(state, grads, state.batch_stats, loss, optimizer, schedule,
@@ -210,8 +228,9 @@ def make_student_update(module: Student, optimizer: optax.GradientTransformation
             (score, quality_map), mutated = module.apply(
                 {"params": compute_copy(params, module.dtype), "batch_stats": state.batch_stats},
                 batch["image"], train=True, mutable=["batch_stats"], rngs={DROPOUT_RNG: key})
-            terms = {"score_loss": mse(score, batch["mos_normalized"]),
-                     "map_loss": mse(quality_map, target_map)}
+            mask = batch.get("mask")
+            terms = {"score_loss": masked_mse(score, batch["mos_normalized"], mask),
+                     "map_loss": masked_mse(quality_map, target_map, mask)}
             loss = score_weight * terms["score_loss"] + map_weight * terms["map_loss"]
             return loss, (mutated["batch_stats"], terms)
 
