@@ -11,10 +11,12 @@ miniature on the generated in-memory demo set that runs on one CPU in seconds:
 
   python -m launch.train --config=configs/teacher.py:tiny --workdir=/tmp/teacher_tiny
 
-KADID-10k differs from the authors' in its transforms only: they crop, flip and ImageNet-normalise
-KADID images before the teacher, while every variant here feeds the whole image resized to
-512x512 in [0, 1] (what the VAE, the image adapter and the released checkpoints expect, and what
-their own scripts feed for every other dataset); `--config.data.hflip=True` adds the flip. Batch
+KADID-10k differs from the authors' in its transforms only: their "synthetic" transforms resize
+to 1024x768, flip, crop 512x512 at random (at test too) and ImageNet-normalise (defined in their
+datasets_in_the_wild.py, which has no KADID loader), while every variant here feeds the whole
+image resized to 512x512 in [0, 1] (what the VAE, the image adapter and the released checkpoints
+expect, what their scripts feed for every other dataset, and a deterministic test score);
+`--config.data.hflip=True` adds the flip. Batch
 14 needs a data axis that divides 14 (1, 2, 7 or 14 devices); elsewhere set --config.batch_size.
 
 The authors' protocol (80 / 20 split, selection on the test part, best test PLCC and SRCC):
