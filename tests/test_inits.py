@@ -18,8 +18,9 @@ from dpiqa_jax.models.student import Student, StudentConfig, TorchConvTranspose2
 
 
 def _torch_fan_in(weight: torch.Tensor) -> int:
-    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(weight)  # pylint: disable=protected-access
-    return fan_in
+    """What torch's own Linear / Conv initialisation uses as fan_in for `weight`."""
+    calculate = torch.nn.init._calculate_fan_in_and_fan_out  # pylint: disable=protected-access
+    return calculate(weight)[0]
 
 
 def _assert_uniform_within(values: np.ndarray, bound: float, what: str) -> None:

@@ -326,4 +326,5 @@ def initial_student_weights(module: Student, config: ml_collections.ConfigDict) 
     batch_stats["base_model"] = backbone["batch_stats"]
     return InitialWeights(params, batch_stats, None,
                           f"backbone {config.student.backbone} ImageNet weights from {path}; "
-                          "conv_transpose and fc1-3 RANDOM (torch's default initialisation, as the authors')")
+                          "conv_transpose and fc1-3 RANDOM (torch's default initialisation, as "
+                          "the authors')")
