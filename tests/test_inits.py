@@ -79,11 +79,11 @@ def _layers(params, path=()):
             yield from _layers(child, path + (name,))
 
 
-def _assert_layers_torch_initialised(params, in_axis_of=lambda path: -2):
+def _assert_layers_torch_initialised(params):
     checked = 0
     for path, layer in _layers(params):
         kernel = np.asarray(layer["kernel"])
-        bound = inits.torch_bound(inits.torch_fan_in(kernel.shape, in_axis_of(path)))
+        bound = inits.torch_bound(inits.torch_fan_in(kernel.shape))
         _assert_uniform_within(kernel, bound, "/".join(path) + "/kernel")
         if "bias" in layer:
             assert np.max(np.abs(np.asarray(layer["bias"]))) <= bound * (1 + 1e-6), path
