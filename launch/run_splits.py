@@ -14,8 +14,14 @@ Both are imported when main runs.
   python -m launch.run_splits --config=configs/teacher.py:koniq10k --dataset=koniq10k \
       --split_file=splits/koniq10k/official.json --splits=official --workdir=runs/koniq_official
 
-Splits already finished (workdir/<split>/test/metrics.json present) are reused, so an
-interrupted sweep resumes. Layout: dpiqa_jax/eval/multi_split.py.
+  # The authors' protocol on the same splits (validation joins training; best test PLCC and
+  # SRCC over the epochs, selected on the test part: summary_selected_on_test.md):
+  python -m launch.run_splits --config=configs/teacher.py:koniq10k --config.protocol=authors \
+      --dataset=koniq10k --split_file=splits/koniq10k/random.json --workdir=runs/koniq_authors
+
+Splits already finished (workdir/<split>/test/metrics.json, or selected_on_test.json under the
+authors' protocol) are reused, so an interrupted sweep resumes. Layout:
+dpiqa_jax/eval/multi_split.py.
 """
 
 from absl import app, flags
@@ -48,7 +54,8 @@ def main(argv):
         eval_flags.BATCH_SIZE.value, eval_flags.CONFIG_NAME.value)
     multi_split.run_over_splits(
         multi_split.default_train_fn(), evaluate_fn, _CONFIG.value, _DATASET.value,
-        _SPLIT_FILE.value, _SPLITS.value, _WORKDIR.value, skip_finished=not _RERUN.value)
+        _SPLIT_FILE.value, _SPLITS.value, _WORKDIR.value, skip_finished=not _RERUN.value,
+        protocol_name=_CONFIG.value.protocol)
 
 
 if __name__ == "__main__":

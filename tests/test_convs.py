@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dpiqa_jax import inits
 from dpiqa_jax.convs import DepthwiseConv, PointwiseConv
 
 
@@ -33,8 +34,10 @@ def _input(side: int, channels: int) -> jax.Array:
 
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_pointwise_conv_is_a_flax_1x1_conv(use_bias):
-    _assert_same_as_reference(PointwiseConv(5, use_bias=use_bias),
-                              nn.Conv(5, (1, 1), use_bias=use_bias), _input(7, 6), atol=2e-6)
+    reference = nn.Conv(5, (1, 1), use_bias=use_bias, kernel_init=inits.torch_kernel_init(),
+                        bias_init=inits.torch_bias_init(6))
+    _assert_same_as_reference(PointwiseConv(5, use_bias=use_bias), reference, _input(7, 6),
+                              atol=2e-6)
 
 
 @pytest.mark.parametrize("kernel_size, stride, padding, side", [

@@ -19,7 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dpiqa_jax import inits
 from dpiqa_jax.models.efficientnet import EfficientNet, efficientnet_config
+from dpiqa_jax.models.qfd import quality_score_head
 from dpiqa_jax.models.resize import resize_nearest_torch
 
 Dtype = Any
@@ -49,6 +51,7 @@ class TorchConvTranspose2d(nn.Module):
     the transposed convolution written as a plain convolution: dilate the input by `stride`, pad
     (k - 1 - padding) before and (k - 1 - padding + output_padding) after, correlate with the
     spatially flipped kernel. Output side: (H - 1) * stride - 2 * padding + k + output_padding.
+    torch's default initialisation, whose fan_in is out * k * k (its weight's dimension 1).
     """
 
     features: int
@@ -66,9 +69,12 @@ class TorchConvTranspose2d(nn.Module):
             raise ValueError(f"padding {self.padding} must lie in [0, kernel_size - 1 = "
                              f"{self.kernel_size - 1}]")
         k = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (k, k, x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        shape = (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", inits.torch_kernel_init(inits.CONV_TRANSPOSE_IN_AXIS), shape,
+                            self.param_dtype)
+        bias = self.param("bias", inits.torch_bias_init(
+            inits.torch_fan_in(shape, inits.CONV_TRANSPOSE_IN_AXIS)), (self.features,),
+            self.param_dtype)
         before = k - 1 - self.padding
         after = before + self.output_padding
         y = jax.lax.conv_general_dilated(
@@ -103,9 +109,5 @@ class Student(nn.Module):
                                                    param_dtype=self.param_dtype,
                                                    name="conv_transpose")(features))
         quality_map = resize_nearest_torch(quality_map, (config.map_size, config.map_size))
-        h = quality_map.reshape(quality_map.shape[0], -1)
-        for name in ("fc1", "fc2"):
-            h = nn.relu(nn.Dense(config.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                                 name=name)(h))
-        score = nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="fc3")(h)
-        return score[:, 0], quality_map
+        score = quality_score_head(quality_map, config.hidden, self.dtype, self.param_dtype)
+        return score, quality_map
