@@ -80,7 +80,7 @@ def test_params_safetensors_round_trip(kind, student_dir, teacher_dir, tmp_path)
     path = str(tmp_path / "model.safetensors")
     original = bundle.load_bundle(directory)
     export.write_params_safetensors(original, path)
-    loaded = export.read_params_safetensors(path)
+    loaded = bundle.load_params_safetensors(path)
     assert loaded.kind == kind and loaded.model_config == original.model_config
     assert loaded.metadata == original.metadata
     flat, expected = (bundle.flatten_variables(b.variables) for b in (loaded, original))
@@ -137,7 +137,7 @@ def test_teacher_without_extras_needs_omit_unused(converted_teacher, tmp_path):
     source, directory = converted_teacher
     path = str(tmp_path / "t.safetensors")
     export.write_params_safetensors(bundle.load_bundle(directory), path)
-    params_only = export.read_params_safetensors(path)  # layout recorded, extras gone
+    params_only = bundle.load_params_safetensors(path)  # layout recorded, extras gone
     with pytest.raises(StateDictMismatchError, match="omit_unused"):
         export.official_state_dict(params_only)
     state = export.official_state_dict(params_only, omit_unused=True)

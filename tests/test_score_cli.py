@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from dpiqa_jax import heatmap, scorer
+from dpiqa_jax.eval import rows as rows_lib
 from test_scorer import (IMAGE_SIZE, MAP_SIZE, bad_input_files, random_image, run_module,  # noqa: F401
                          save_image, student, student_dir)
 
@@ -117,16 +118,17 @@ def test_csv_rows_in_order_with_errors_and_maps(student, tmp_path):
     assert rows[1]["score"] == "" and "cannot decode" in rows[1]["error"]
     assert summary.scored == 2 and summary.failed == 1
     expected = student.predict([random_image(0), random_image(1)], return_maps=True)
-    # The same batch composition as the API call: the very same numbers.
-    np.testing.assert_array_equal([float(rows[0]["score"]), float(rows[2]["score"])],
-                                  expected.score)
-    np.testing.assert_array_equal(float(rows[0]["raw"]), expected.raw[0])
+    # Written with 6 significant digits: exactly the API's numbers so formatted.
+    assert [rows[0]["score"], rows[2]["score"]] == [f"{v:.6g}" for v in expected.score]
+    assert rows[0]["raw"] == f"{expected.raw[0]:.6g}"
     stems = scorer.map_stems([first, broken, second])
+    assert [r["map_path"] for r in rows] == [str(maps_dir / (stems[first] + ".npy")), "",
+                                             str(maps_dir / (stems[second] + ".npy"))]
     for index, path in ((0, first), (1, second)):
         saved = np.load(maps_dir / (stems[path] + ".npy"))
-        assert saved.dtype == np.float32 and saved.shape == (8, MAP_SIZE, MAP_SIZE)
-        np.testing.assert_allclose(saved, expected.quality_map[index].transpose(2, 0, 1),
-                                   rtol=1e-6)
+        # Channel-last, as the API returns it: the very same array.
+        assert saved.dtype == np.float32 and saved.shape == (MAP_SIZE, MAP_SIZE, 8)
+        np.testing.assert_array_equal(saved, expected.quality_map[index])
         with Image.open(maps_dir / (stems[path] + ".png")) as png:
             assert png.size == (IMAGE_SIZE, IMAGE_SIZE) and png.mode == "RGB"
     assert sorted(os.listdir(maps_dir)) == sorted(
@@ -141,7 +143,7 @@ def test_json_output_lists_the_same_rows(student, tmp_path):
     rows = json.loads(stream.getvalue())
     assert [r["status"] for r in rows] == ["error", "ok"]
     assert set(rows[1]) == set(scorer.RESULT_COLUMNS) and rows[1]["error"] is None
-    assert rows[1]["score"] == pytest.approx(float(student.score(path)[0]), rel=1e-6)
+    assert rows[1]["score"] == float(f"{student.score(path)[0]:.6g}")
 
 
 def test_heatmap_colours_follow_the_channel_mean():
@@ -161,10 +163,10 @@ def test_heatmap_colours_follow_the_channel_mean():
 
 
 def test_output_format_follows_the_extension_unless_given():
-    assert scorer.output_format("s.json", None) == "json"
-    assert scorer.output_format("s.csv", None) == "csv"
-    assert scorer.output_format(None, None) == "csv"
-    assert scorer.output_format("s.json", "csv") == "csv"
+    assert rows_lib.output_format("s.json", None) == "json"
+    assert rows_lib.output_format("s.csv", None) == "csv"
+    assert rows_lib.output_format(None, None) == "csv"
+    assert rows_lib.output_format("s.json", "csv") == "csv"
 
 
 # --------------------------------------------------------------------------- the command
@@ -217,4 +219,4 @@ def test_cli_scores_folders_globs_lists_reports_failures_and_repeats_exactly(stu
     assert clean.returncode == 0, clean.stderr
     again = {r["path"]: r for r in _read_json(out_json)}
     for row in rows[:3]:
-        assert repr(again[row["path"]]["score"]) == row["score"]
+        assert again[row["path"]]["score"] == float(row["score"])
