@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from dpiqa_jax import scorer
