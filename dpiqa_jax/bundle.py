@@ -97,7 +97,9 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
     """Writes tensors in the safetensors format (any numpy dtype it names, bf16 included)."""
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
-    arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
+    # ascontiguousarray makes 0-d arrays 1-d; the reshape keeps them 0-d.
+    arrays = {name: np.ascontiguousarray(value).reshape(np.shape(value))
+              for name, value in tensors.items()}
     tmp = path + ".tmp"
     try:
         save_file(arrays, tmp, metadata=dict(metadata) if metadata else None)

@@ -23,6 +23,7 @@ from test_scorer import REPO_ROOT, random_image, save_image, student, student_di
 # Generous for a loaded CI machine; a hang (the failure mode tested) never ends.
 SUBPROCESS_TIMEOUT_S = 240
 NON_UTF8_NAME = b"caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
+MAX_FILE_BYTES = 50_000  # above the test PNGs (about 11 kB)
 
 
 def _run(*args, timeout=SUBPROCESS_TIMEOUT_S):
@@ -40,7 +41,7 @@ def _hostile_folder(root):
     os.symlink("/dev/zero", root / "zero.png")
     os.symlink("loop.png", root / "loop.png")
     os.symlink("gone.png", root / "dangling.png")
-    (root / "huge.png").write_bytes(b"\0" * 4096)
+    (root / "huge.png").write_bytes(b"\0" * (MAX_FILE_BYTES + 1))
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(root / "sock.png"))
     non_utf8 = os.path.join(os.fsencode(root), NON_UTF8_NAME)
@@ -55,8 +56,8 @@ def _hostile_folder(root):
                                        f"not exist)"),
         f"{r}/fifo.jpg": ("error", f"{r}/fifo.jpg: a FIFO (named pipe), not a regular file; not "
                                    f"opened"),
-        f"{r}/huge.png": ("error", f"{r}/huge.png: file is 4096 bytes, larger than the limit of "
-                                   f"3000 (max_file_bytes)"),
+        f"{r}/huge.png": ("error", f"{r}/huge.png: file is {MAX_FILE_BYTES + 1} bytes, larger "
+                                   f"than the limit of {MAX_FILE_BYTES} (max_file_bytes)"),
         f"{r}/loop.png": ("error", f"{r}/loop.png: symbolic link loop"),
         f"{r}/sock.png": ("error", f"{r}/sock.png: a socket, not a regular file; not opened"),
         f"{r}/zero.png": ("error", f"{r}/zero.png: a character device, not a regular file; not "
@@ -70,7 +71,7 @@ def test_every_hostile_file_gets_its_exact_row_and_the_rest_are_scored(student_d
     out = tmp_path / "scores.csv"
     with server:
         completed = _run("-m", "launch.score", "--noprogress", "--checkpoint", student_dir,
-                         "--output", str(out), "--max_file_bytes", "3000",
+                         "--output", str(out), "--max_file_bytes", str(MAX_FILE_BYTES),
                          str(tmp_path / "photos"))
     assert completed.returncode == 1, completed.stderr.decode(errors="replace")
     with open(out, encoding="utf-8", errors="surrogateescape", newline="") as f:
