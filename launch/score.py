@@ -35,7 +35,7 @@ import sys
 from absl import app, flags
 import jax.numpy as jnp
 
-from dpiqa_jax import scorer
+from dpiqa_jax import score_files, scorer
 from dpiqa_jax.data import images
 from dpiqa_jax.eval import rows
 from launch import cli
@@ -81,7 +81,7 @@ def _load_scorer() -> scorer.Scorer:
         cli.exit_with_usage_error(f"cannot load --checkpoint: {err}")
 
 
-def _print_summary(summary: scorer.RunSummary, score_range: tuple[float, float]) -> None:
+def _print_summary(summary: score_files.RunSummary, score_range: tuple[float, float]) -> None:
     print(f"scored {summary.scored} of {summary.total} inputs; {summary.failed} failed",
           file=sys.stderr)
     for _, reason in summary.failures[:_FAILURES_SHOWN]:
@@ -102,7 +102,7 @@ def main(argv):
     if _OUTPUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(_OUTPUT.value))):
         cli.exit_with_usage_error(f"--output {_OUTPUT.value}: its directory does not exist")
     model = _load_scorer()
-    paths, failed_inputs = scorer.expand_inputs(arguments)
+    paths, failed_inputs = score_files.expand_inputs(arguments)
     fmt = rows.output_format(_OUTPUT.value, _FORMAT.value)
     low, high = model.score_range
     print(f"{model.kind} model {model.source}: scores on [{low:g}, {high:g}], higher is better; "
@@ -113,7 +113,7 @@ def main(argv):
         stream = (stack.enter_context(rows.open_output(_OUTPUT.value)) if _OUTPUT.value
                   else sys.stdout)
         try:
-            summary = scorer.score_to_output(model, paths, stream, fmt,
+            summary = score_files.score_to_output(model, paths, stream, fmt,
                                              failed_inputs=failed_inputs,
                                              maps_dir=_SAVE_MAPS.value, progress=_PROGRESS.value)
         except KeyboardInterrupt:

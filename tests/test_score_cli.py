@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpiqa_jax import heatmap, scorer
+from dpiqa_jax import heatmap, score_files, scorer
 from dpiqa_jax.eval import rows as rows_lib
 from test_scorer import (IMAGE_SIZE, MAP_SIZE, bad_input_files, random_image, run_module,  # noqa: F401
                          save_image, student, student_dir)
@@ -53,7 +53,7 @@ def run_score(*args, cache_dir=None):
 
 def test_folders_recurse_sorted_with_image_extensions_only(tmp_path):
     a, b, c = _tree(tmp_path)
-    paths, failed = scorer.expand_inputs([str(tmp_path)])
+    paths, failed = score_files.expand_inputs([str(tmp_path)])
     assert paths == [a, b, c] and failed == []
 
 
@@ -61,7 +61,7 @@ def test_globs_lists_and_plain_paths_expand_in_order_each_path_once(tmp_path):
     a, b, c = _tree(tmp_path)
     listing = tmp_path / "sub" / "list.txt"
     listing.write_text("# comment\n\ndeeper/c.png\n" + a + "\n")
-    paths, failed = scorer.expand_inputs(
+    paths, failed = score_files.expand_inputs(
         [str(tmp_path / "**" / "*.png"), "@" + str(listing), b, str(tmp_path / "missing.png")])
     assert paths == [a, c, b, str(tmp_path / "missing.png")]
     assert failed == []
@@ -69,7 +69,7 @@ def test_globs_lists_and_plain_paths_expand_in_order_each_path_once(tmp_path):
 
 def test_what_expands_to_nothing_is_reported(tmp_path):
     _tree(tmp_path)
-    paths, failed = scorer.expand_inputs(
+    paths, failed = score_files.expand_inputs(
         [str(tmp_path / "empty"), str(tmp_path / "*.webp"), "@" + str(tmp_path / "nolist.txt")])
     assert paths == []
     reasons = {result.path: result.error for result in failed}
@@ -83,19 +83,19 @@ def test_a_directory_in_a_list_is_an_input_error(student, tmp_path):
     _tree(tmp_path)
     listing = tmp_path / "list.txt"
     listing.write_text("sub\n")
-    paths, _ = scorer.expand_inputs(["@" + str(listing)])
+    paths, _ = score_files.expand_inputs(["@" + str(listing)])
     (result,) = student.score_files(paths)
     assert "is a directory, expected an image file" in result.error
 
 
 def test_map_stems_disambiguate_collisions_by_path_alone():
     paths = ["x/a.jpg", "y/a.png", "z/b.png"]
-    stems = scorer.map_stems(paths)
+    stems = score_files.map_stems(paths)
     assert stems["z/b.png"] == "b"
     assert stems["x/a.jpg"] != stems["y/a.png"]
     assert stems["x/a.jpg"].startswith("a-") and len(stems["x/a.jpg"]) == len("a-") + 8
-    assert scorer.map_stems(paths[::-1]) == stems
-    assert scorer.map_stems(["x/a.jpg", "y/a.png", "w/a.gif"])["x/a.jpg"] == stems["x/a.jpg"]
+    assert score_files.map_stems(paths[::-1]) == stems
+    assert score_files.map_stems(["x/a.jpg", "y/a.png", "w/a.gif"])["x/a.jpg"] == stems["x/a.jpg"]
 
 
 # --------------------------------------------------------------------------- writing
@@ -109,7 +109,7 @@ def test_csv_rows_in_order_with_errors_and_maps(student, tmp_path):
     broken = bad_input_files(tmp_path)["truncated"][0]
     maps_dir = tmp_path / "maps"
     stream = io.StringIO()
-    summary = scorer.score_to_output(student, [first, broken, second], stream, "csv",
+    summary = score_files.score_to_output(student, [first, broken, second], stream, "csv",
                                      maps_dir=str(maps_dir))
     rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
     assert list(rows[0]) == list(scorer.RESULT_COLUMNS)
@@ -117,11 +117,13 @@ def test_csv_rows_in_order_with_errors_and_maps(student, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert rows[1]["score"] == "" and "cannot decode" in rows[1]["error"]
     assert summary.scored == 2 and summary.failed == 1
+    # The tiny random model scores below 0, outside its recorded range [0, 100]: kept, counted.
+    assert all(float(rows[i]["score"]) < 0 for i in (0, 2)) and summary.out_of_range == 2
     expected = student.predict([random_image(0), random_image(1)], return_maps=True)
     # Written with 6 significant digits: exactly the API's numbers so formatted.
     assert [rows[0]["score"], rows[2]["score"]] == [f"{v:.6g}" for v in expected.score]
     assert rows[0]["raw"] == f"{expected.raw[0]:.6g}"
-    stems = scorer.map_stems([first, broken, second])
+    stems = score_files.map_stems([first, broken, second])
     assert [r["map_path"] for r in rows] == [str(maps_dir / (stems[first] + ".npy")), "",
                                              str(maps_dir / (stems[second] + ".npy"))]
     for index, path in ((0, first), (1, second)):
@@ -139,7 +141,7 @@ def test_json_output_lists_the_same_rows(student, tmp_path):
     path = save_image(tmp_path / "a.png", random_image(0))
     failed = [scorer.FileResult(path="@gone.txt", error="@gone.txt: cannot read the list file")]
     stream = io.StringIO()
-    scorer.score_to_output(student, [path], stream, "json", failed_inputs=failed)
+    score_files.score_to_output(student, [path], stream, "json", failed_inputs=failed)
     rows = json.loads(stream.getvalue())
     assert [r["status"] for r in rows] == ["error", "ok"]
     assert set(rows[1]) == set(scorer.RESULT_COLUMNS) and rows[1]["error"] is None
@@ -207,6 +209,8 @@ def test_cli_scores_folders_globs_lists_reports_failures_and_repeats_exactly(stu
                       "@" + str(listing), cache_dir=cache)
     assert mixed.returncode == 1, mixed.stderr
     assert "scored 3 of 5 inputs; 2 failed" in mixed.stderr and "notes.jpg" in mixed.stderr
+    assert mixed.stderr.count("warning: 3 of 3 scores fall outside the model's score range "
+                              "[0, 100] (kept as computed)") == 1
     rows = _read_csv(out_csv)
     assert [r["path"] for r in rows] == [b, c, a, bad["not_an_image"][0], bad["truncated"][0]]
     assert [r["status"] for r in rows] == ["ok"] * 3 + ["error"] * 2

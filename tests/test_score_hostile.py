@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from dpiqa_jax import scorer
+from dpiqa_jax import score_files, scorer
 from dpiqa_jax.eval import rows as rows_lib
 from test_scorer import REPO_ROOT, random_image, save_image, student, student_dir  # noqa: F401
 
@@ -90,8 +90,8 @@ def test_directory_links_to_themselves_are_listed_once_by_folders_and_globs(tmp_
     os.symlink(".", tree / "self1")
     os.symlink(".", tree / "sub" / "self2")
     os.symlink("..", tree / "sub" / "up")
-    code = ("import json, sys; from dpiqa_jax import scorer; "
-            "print(json.dumps(scorer.expand_inputs(sys.argv[1:])[0]))")
+    code = ("import json, sys; from dpiqa_jax import score_files; "
+            "print(json.dumps(score_files.expand_inputs(sys.argv[1:])[0]))")
     completed = _run("-c", code, f"{tree}/**/*.png", str(tree), timeout=60)
     assert completed.returncode == 0, completed.stderr.decode(errors="replace")
     assert json.loads(completed.stdout) == [f"{tree}/a.png", f"{tree}/sub/b.png"]
@@ -111,7 +111,7 @@ def test_rows_scored_before_an_interrupt_stay_in_the_output(student, tmp_path, m
     for fmt in rows_lib.OUTPUT_FORMATS:
         stream = io.StringIO()
         with pytest.raises(KeyboardInterrupt):
-            scorer.score_to_output(student, paths, stream, fmt)
+            score_files.score_to_output(student, paths, stream, fmt)
         text = stream.getvalue()
         written = (list(csv.DictReader(io.StringIO(text))) if fmt == "csv"
                    else json.loads(text))
