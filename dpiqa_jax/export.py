@@ -423,7 +423,12 @@ def export_jax_program(model_bundle: bundle_lib.Bundle, path: str, *,
         raise ValueError(f"the model's weights take {baked / 2**30:.2f} GiB in {np.dtype(dtype)}; "
                          f"a serialized jax.export program holds at most 2 GiB (try "
                          f"dtype=bfloat16, or export safetensors)")
-    module = inference.build_module(model_bundle, dtype=dtype)
+    # Chunked attention compares the token count with the chunk size; with a polymorphic batch
+    # that count is symbolic (cross-attention folds the batch into the token axis), so such a
+    # program attends unchunked.
+    module = inference.build_module(
+        model_bundle, dtype=dtype,
+        query_chunk=inference.INFERENCE_QUERY_CHUNK if batch_size else 0)
 
     def serve(images):
         raw, quality_map = inference.apply_model(module, variables, prompts, images, {})
