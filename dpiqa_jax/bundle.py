@@ -409,13 +409,14 @@ def _checked_variables(path: str, specs: Mapping[str, TensorSpec], kind: str, co
     return unflatten_variables(flat)
 
 
-def load_bundle(directory: str, *, place: Place | None = None) -> Bundle:
+def load_bundle(directory: str, *, place: Place | None = None, extras: bool = True) -> Bundle:
     """Reads and checks a bundle written by `save_bundle`.
 
     Args:
       directory: the bundle directory.
       place: applied to every variable as it is read (e.g. cast and copy to a device, so the host
         never holds all weights twice); default: numpy arrays.
+      extras: also read extras.safetensors (only export needs it; scoring does not).
 
     Raises:
       FileNotFoundError: no model.json (not a bundle).
@@ -440,8 +441,8 @@ def load_bundle(directory: str, *, place: Place | None = None) -> Bundle:
             raise BundleError(f"{directory}: a teacher bundle needs {PROMPTS_FILE}")
         prompts = _load_prompts_npy(prompts_path, config.text_dim)
     extras_path = os.path.join(directory, EXTRAS_FILE)
-    extras = read_safetensors(extras_path) if os.path.isfile(extras_path) else {}
-    return Bundle(kind, manifest["model_config"], variables, prompts, extras, metadata)
+    unused = read_safetensors(extras_path) if extras and os.path.isfile(extras_path) else {}
+    return Bundle(kind, manifest["model_config"], variables, prompts, unused, metadata)
 
 
 def load_params_safetensors(path: str, *, place: Place | None = None) -> Bundle:

@@ -33,8 +33,8 @@ DEFAULT_IMAGE_SIZE = bundle_lib.DEFAULT_IMAGE_SIZE
 INFERENCE_QUERY_CHUNK = 1024
 
 
-def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = None
-                  ) -> tuple[bundle_lib.Bundle, str]:
+def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = None,
+                  extras: bool = True) -> tuple[bundle_lib.Bundle, str]:
     """Reads a model from any of the places a user may point at; returns (bundle, path read).
 
     * a bundle directory (`model.json` + `params.safetensors`: our own or a converted authors'
@@ -42,7 +42,8 @@ def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = N
     * a training workdir: its `best_model/` bundle,
     * a `.safetensors` file written by `launch.export --format safetensors`.
 
-    `place` is applied to every variable as it is read (see `bundle.load_bundle`).
+    `place` is applied to every variable as it is read, and `extras=False` skips the tensors the
+    model does not use (see `bundle.load_bundle`).
 
     Raises:
       FileNotFoundError: nothing there. BundleError (a ValueError): naming what is wrong.
@@ -50,10 +51,10 @@ def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = N
     path = os.fspath(path)
     if os.path.isdir(path):
         if bundle_lib.is_bundle(path):
-            return bundle_lib.load_bundle(path, place=place), path
+            return bundle_lib.load_bundle(path, place=place, extras=extras), path
         best = os.path.join(path, BEST_MODEL_SUBDIR)
         if bundle_lib.is_bundle(best):
-            return bundle_lib.load_bundle(best, place=place), best
+            return bundle_lib.load_bundle(best, place=place, extras=extras), best
         raise FileNotFoundError(
             f"{path}: neither a model bundle (no model.json) nor a training workdir (no "
             f"{BEST_MODEL_SUBDIR}/model.json)")

@@ -362,11 +362,12 @@ class Scorer:
         """A scorer for a bundle directory, a training workdir or an exported .safetensors file.
 
         Keyword arguments are `Scorer.__init__`'s. Every weight goes to the device in the compute
-        dtype as it is read, so the host never holds a second copy of the model.
+        dtype as it is read, so the host never holds a second copy of the model; the bundle's
+        extras (tensors of an imported checkpoint the model does not use) are not read.
         """
         dtype = kwargs.get("dtype", jnp.float32)
         model_bundle, resolved = inference.resolve_model(
-            path, place=lambda array: inference.to_device(array, dtype))
+            path, place=lambda array: inference.to_device(array, dtype), extras=False)
         return cls(model_bundle, source=resolved, **kwargs)
 
     @property

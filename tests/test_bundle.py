@@ -63,6 +63,7 @@ def test_save_and_load_round_trip(tmp_path, variables):
         np.testing.assert_array_equal(got[key], value, err_msg=key)
     counter = loaded.extras["features.1.0.block.0.1.num_batches_tracked"]
     assert counter.shape == () and counter == 7
+    assert bundle.load_bundle(str(tmp_path), extras=False).extras == {}  # scoring skips them
 
 
 def test_teacher_without_prompts_is_refused(tmp_path, variables):
