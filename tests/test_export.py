@@ -216,9 +216,12 @@ def test_teacher_jax_export_matches_the_scorer(teacher_dir, tmp_path):
     batch = np.stack([model.prepare(image) for image in images(2)])
     score, quality_map = exported.call(batch)
     expected = model.predict(images(2), return_maps=True)
-    # The teacher's random activations reach ~1e2: relative float32 rounding, a bit looser.
+    # The teacher's random activations reach ~1e2: relative float32 rounding, a bit looser. The
+    # program runs both images as one batch, the scorer one image at a time: other reduction
+    # orders, which the random tiny teacher amplifies; measured on a 2-core x86 CPU: max
+    # |difference| 1.4e-3 on map values up to ~8 (one element of 512), hence 5e-3.
     np.testing.assert_allclose(score, expected.score, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(quality_map, expected.quality_map, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(quality_map, expected.quality_map, rtol=1e-4, atol=5e-3)
 
 
 def test_jax_export_refuses_programs_over_the_size_limit(student_dir, tmp_path, monkeypatch):
