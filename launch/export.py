@@ -1,9 +1,9 @@
 r"""Exports a model bundle as params-only safetensors, the authors' PyTorch layout, or a
 serialized jax.export program.
 
-  python -m launch.export --checkpoint DIR --format safetensors --out model.safetensors
-  python -m launch.export --checkpoint DIR --format official --out dpiqa.pth   # or .safetensors
-  python -m launch.export --checkpoint DIR --format jax-export --out student.jaxexport \
+  python -m launch.export --checkpoint DIR --format safetensors --output model.safetensors
+  python -m launch.export --checkpoint DIR --format official --output dpiqa.pth  # or .safetensors
+  python -m launch.export --checkpoint DIR --format jax-export --output student.jaxexport \
       [--batch_size N] [--dtype bfloat16] [--platforms cpu,cuda]
 
 --checkpoint: a bundle directory, a training workdir (its best_model/) or an exported
@@ -24,7 +24,7 @@ import sys
 from absl import app, flags
 import jax.numpy as jnp
 
-from dpiqa_jax import export, scorer
+from dpiqa_jax import export, inference
 from launch import cli
 
 FORMATS = ("safetensors", "official", "jax-export")
@@ -33,7 +33,7 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Bundle directory, training workdir or exported .safetensors.",
     required=True)
 _FORMAT = flags.DEFINE_enum("format", None, list(FORMATS), "Export format.", required=True)
-_OUT = flags.DEFINE_string("out", None, "Output file.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output file (alias --out).", required=True)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "jax-export: fixed batch size (default "
                                    "polymorphic).", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -46,15 +46,16 @@ _MOS_SCALE = flags.DEFINE_float("mos_scale", None, "jax-export: head output -> M
                                 "models that do not record it.")
 for _name in ("batch_size", "omit_unused", "mos_scale"):
     flags.DEFINE_alias(_name.replace("_", "-"), _name)
+flags.DEFINE_alias("out", "output")
 
 
 def _export(model_bundle) -> None:
     if _FORMAT.value == "safetensors":
-        export.write_params_safetensors(model_bundle, _OUT.value)
+        export.write_params_safetensors(model_bundle, _OUTPUT.value)
     elif _FORMAT.value == "official":
-        export.export_official(model_bundle, _OUT.value, omit_unused=_OMIT_UNUSED.value)
+        export.export_official(model_bundle, _OUTPUT.value, omit_unused=_OMIT_UNUSED.value)
     else:
-        export.export_jax_program(model_bundle, _OUT.value, batch_size=_BATCH_SIZE.value,
+        export.export_jax_program(model_bundle, _OUTPUT.value, batch_size=_BATCH_SIZE.value,
                                   dtype=jnp.dtype(_DTYPE.value), platforms=_PLATFORMS.value,
                                   mos_scale=_MOS_SCALE.value)
 
@@ -63,7 +64,7 @@ def main(argv):
     if len(argv) > 1:
         cli.exit_with_usage_error(f"unexpected arguments {argv[1:]}")
     try:
-        model_bundle, _ = scorer.resolve_model(_CHECKPOINT.value)
+        model_bundle, _ = inference.resolve_model(_CHECKPOINT.value)
     except (OSError, ValueError) as err:
         cli.exit_with_usage_error(f"cannot load --checkpoint: {err}")
     try:
@@ -71,7 +72,7 @@ def main(argv):
     except (OSError, ValueError, ImportError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {_OUT.value}", file=sys.stderr)
+    print(f"wrote {_OUTPUT.value}", file=sys.stderr)
     return 0
 
 
