@@ -28,7 +28,10 @@ efficientnet_bN state dict, e.g. the authors' B7), or 'scratch'.
 
 import ml_collections
 
-from configs import common
+try:  # imported as a package module: configs.student, or dpiqa_jax.configs.student installed
+    from . import common
+except ImportError:  # loaded from its path by ml_collections (a copy of this file elsewhere)
+    from configs import common
 
 MILESTONE_EPOCHS = {"koniq10k": (5,), "clive": (10, 25), "spaq": (6,), "flive": (4,),
                     "kadid10k": (5,), "agiqa3k": (10, 25), "iqa_folder": (5,)}

@@ -19,7 +19,10 @@ train step on a mesh: `python -m launch.inspect --config=configs/teacher.py:koni
 
 import ml_collections
 
-from configs import common
+try:  # imported as a package module: configs.teacher, or dpiqa_jax.configs.teacher installed
+    from . import common
+except ImportError:  # loaded from its path by ml_collections (a copy of this file elsewhere)
+    from configs import common
 
 # Milestone epoch of the LR decay per variant.
 MILESTONE_EPOCH = {"koniq10k": 5, "clive": 10, "spaq": 5, "flive": 2, "kadid10k": 5,

@@ -12,6 +12,8 @@ from absl import app, flags, logging
 
 from dpiqa_jax.data.throughput import input_throughput
 
+from . import cli
+
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 64, "Distinct JPEGs to generate.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Pipeline batch size.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 2, "Pipeline decoding threads.")
@@ -29,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -22,13 +22,14 @@ import sys
 from absl import app, flags
 
 from dpiqa_jax import export
-from launch import cli
+from . import cli
 
 COMMANDS = ("official-teacher", "official-student")
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The authors' state dict file.",
                                   required=True)
-_OUT = flags.DEFINE_string("out", None, "Output bundle directory.", required=True)
+_OUT = flags.DEFINE_string("output", None, "Output bundle directory.", required=True)
+cli.rename("out", "output")
 _PROMPTS = flags.DEFINE_string("prompts", None, "official-teacher: prompt embeddings .npy.")
 _SD_CONFIG_FROM = flags.DEFINE_string("sd_config_from", None, "official-teacher: diffusers "
                                       "directory with unet/ and vae/ config.json (default SD 1.5).")
@@ -36,8 +37,6 @@ _BACKBONE = flags.DEFINE_string("backbone", None, "official-student: EfficientNe
                                 "(b0..b7, lite0..lite2); default inferred.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 512, "Model input side recorded in the bundle.",
                                    lower_bound=8)
-for _name in ("sd_config_from", "image_size"):
-    flags.DEFINE_alias(_name.replace("_", "-"), _name)
 
 
 def _command(argv: list[str]) -> str:
@@ -80,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

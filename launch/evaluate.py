@@ -26,10 +26,11 @@ from absl import app, flags, logging
 
 from dpiqa_jax.data import builders, sources
 from dpiqa_jax.eval import aggregate, protocol
-from launch import eval_flags
+from . import cli, eval_flags
 
-_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoint to evaluate.",
-                                      required=True)
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint", None, "Model to evaluate: bundle dir or "
+                                      "training workdir.", required=True)
+cli.rename("checkpoint_dir", "checkpoint")
 _DATASET = flags.DEFINE_enum("dataset", None, builders.DATASET_NAMES, "Dataset to evaluate on.")
 _SPLIT_FILE = flags.DEFINE_string("split_file", None, "Split file (splits/<dataset>/*.json).")
 _SPLIT = flags.DEFINE_string("split", None, "Split key: seed0..seed9 or official.")
@@ -38,7 +39,9 @@ _CROSS_DATASETS = flags.DEFINE_list("cross_datasets", [],
                                     "Score every image of each of these datasets instead.")
 _ALLOW_MISSING = flags.DEFINE_bool("allow_missing", False,
                                    "Evaluate without split images absent from the build.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
+_OUT_DIR = flags.DEFINE_string("output", None, "Output directory.", required=True)
+cli.rename("out_dir", "output")
+flags.adopt_module_key_flags(eval_flags)
 
 
 def _evaluate_split(predict_fn, out_dir: Path) -> None:
@@ -83,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

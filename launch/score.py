@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from dpiqa_jax import scorer
 from dpiqa_jax.data import images
-from launch import cli
+from . import cli
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model: bundle dir, training workdir or "
                                   "exported .safetensors.", required=True)
@@ -54,8 +54,6 @@ _MOS_SCALE = flags.DEFINE_float("mos_scale", None, "Head output -> MOS factor, f
                                 "do not record it.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar on stderr.")
 _FAILURES_SHOWN = 10
-for _name in ("batch_size", "save_maps", "max_pixels", "min_side", "mos_scale"):
-    flags.DEFINE_alias(_name.replace("_", "-"), _name)
 
 
 def _load_scorer() -> scorer.Scorer:
@@ -96,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

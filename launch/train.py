@@ -11,24 +11,28 @@ by itself (--multihost=auto); elsewhere pass --coordinator_address=HOST:PORT --n
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from dpiqa_jax.train import run
-from launch import distributed_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+from . import cli, distributed_flags
+
+_CONFIG = cli.define_config_flag("Training config: teacher:VARIANT, student:VARIANT or a "
+                                 "config file, configs/teacher.py:VARIANT.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, best_model).",
                                required=True)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir whose saved config differs from this one in "
+    "fields that change the run (the differing keys are logged).")
+flags.mark_flag_as_required("config")
+flags.adopt_module_key_flags(distributed_flags)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     distributed_flags.initialize()
-    run.train(_CONFIG.value, _WORKDIR.value)
+    run.train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run(main)
