@@ -4,15 +4,21 @@ r"""Trains the DP-IQA teacher or student; the config file's docstring gives each
   python -m launch.train --config=configs/teacher.py:koniq10k --workdir=runs/teacher_koniq \
       --config.sd_dir=/models/stable-diffusion-v1-5 --config.prompt_embeddings=prompts.npy
 
-Overrides: `--config.key=value` (unknown keys are rejected). A workdir that holds checkpoints is
-resumed. Multi-host: on a TPU VM or in a SLURM job with several tasks `jax.distributed` starts
-by itself (--multihost=auto); elsewhere pass --coordinator_address=HOST:PORT --num_processes=N
+`--config`: `teacher:VARIANT` / `student:VARIANT` (the shipped configs, from any folder) or a
+config file path. Overrides: `--config.key=value` (unknown keys are rejected). A workdir that
+holds checkpoints is resumed, with the config it was saved with: a difference in a field that
+changes the run (anything but logging, evaluation and checkpoint intervals, run length and data
+reading settings) is refused with the list of fields, unless --allow_config_change. A workdir
+that cannot be written, or keep_checkpoints < 1, is refused before any model is built (exit 2).
+
+Multi-host: on a TPU VM or in a SLURM job with several tasks `jax.distributed` starts by itself
+(--multihost=auto); elsewhere pass --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I on every process (launch/tpu_pod.sh runs one process per TPU host).
 """
 
 from absl import app, flags
 
-from dpiqa_jax.train import run
+from dpiqa_jax.train import checkpoint, run
 
 from . import cli, distributed_flags
 
@@ -31,7 +37,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     distributed_flags.initialize()
-    run.train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    try:
+        run.train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    except checkpoint.RunSettingsError as error:
+        cli.exit_with_usage_error(str(error))
 
 
 if __name__ == "__main__":
