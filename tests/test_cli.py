@@ -41,10 +41,17 @@ def launcher_files() -> list[str]:
     for file_name in sorted(os.listdir(LAUNCH_DIR)):
         if not file_name.endswith(".py") or file_name == "__main__.py":
             continue
-        with open(os.path.join(LAUNCH_DIR, file_name), encoding="utf-8") as source:
-            if 'if __name__ == "__main__":' in source.read():
-                names.append(file_name[:-3])
+        if _entry(file_name[:-3]) is not None:
+            names.append(file_name[:-3])
     return names
+
+
+def _entry(command: str) -> ast.If | None:
+    """The module's top-level `if __name__ == "__main__":` block."""
+    with open(os.path.join(LAUNCH_DIR, f"{command}.py"), encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    return next((node for node in tree.body if isinstance(node, ast.If)
+                 and ast.unparse(node.test) == "__name__ == '__main__'"), None)
 
 
 def test_the_console_lists_every_launcher():
@@ -53,9 +60,7 @@ def test_the_console_lists_every_launcher():
 
 @pytest.mark.parametrize("command", launcher_files())
 def test_every_launcher_calls_the_shared_entry(command):
-    tree = ast.parse(open(os.path.join(LAUNCH_DIR, f"{command}.py"), encoding="utf-8").read())
-    entry = [node for node in tree.body if isinstance(node, ast.If)][-1]
-    assert ast.unparse(entry.body[-1]) == "cli.run(main)", command
+    assert [ast.unparse(statement) for statement in _entry(command).body] == ["cli.run(main)"]
 
 
 @pytest.mark.parametrize("command", launcher_files())
