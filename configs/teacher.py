@@ -10,6 +10,7 @@ ours for KADID-10k 5 (KonIQ's size) and AGIQA-3K 10 (CLIVE's scale)), and `tiny`
 miniature on the generated in-memory demo set that runs on one CPU in seconds:
 
   python -m launch.train --config=configs/teacher.py:tiny --workdir=/tmp/teacher_tiny
+  dpiqa train --config teacher:tiny --workdir /tmp/teacher_tiny     # installed, from any folder
 
 `sd_dir` is a diffusers Stable Diffusion 1.5 directory (model_index.json, unet/, vae/);
 `prompt_embeddings` the .npy written by `python -m launch.embed_prompts`. Memory of the full-size

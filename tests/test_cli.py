@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from dpiqa_jax.data import splits
 from launch import cli, console
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,3 +141,20 @@ def test_named_and_path_configs_are_the_same(spelling, monkeypatch):
 def test_a_missing_config_file_is_named():
     with pytest.raises(ValueError, match="nope.py: no such config file"):
         cli._ConfigParser(name="config").parse("nope.py:tiny")  # pylint: disable=protected-access
+
+
+def test_own_folders_get_a_split_file_each():
+    assert splits.split_file_path("splits", "iqa_folder", "random.json", "photos_a") != (
+        splits.split_file_path("splits", "iqa_folder", "random.json", "photos_b"))
+    assert str(splits.split_file_path("s", "iqa_folder", "random.json", "mine")) == (
+        "s/iqa_folder/mine/random.json")
+    assert str(splits.split_file_path("s", "spaq", "random.json")) == "s/spaq/random.json"
+    with pytest.raises(ValueError, match="named by the folder's variant"):
+        splits.split_file_path("s", "iqa_folder", "random.json")
+
+
+def test_make_splits_wants_the_variant_of_an_own_folder(tmp_path):
+    result = run_python("-m", "launch.make_splits", "--dataset=iqa_folder",
+                        f"--data_dir={tmp_path}", f"--output={tmp_path / 'splits'}")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "needs --variant=NAME" in result.stderr
