@@ -10,7 +10,7 @@ size and resize mode it was made with, without augmentation. Multi-host flags as
 
 from absl import app, flags, logging
 
-from dpiqa_jax.train import teacher_maps
+from dpiqa_jax.train import console, teacher_maps
 
 from . import cli, distributed_flags
 
@@ -25,6 +25,7 @@ flags.adopt_module_key_flags(distributed_flags)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    console.quiet_library_logs()  # before JAX probes its backends
     distributed_flags.initialize()
     count = teacher_maps.build_cache(_CONFIG.value, _OUT.value)
     logging.info("wrote the teacher maps of %d images to %s", count, _OUT.value)

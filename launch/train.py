@@ -18,7 +18,7 @@ Multi-host: on a TPU VM or in a SLURM job with several tasks `jax.distributed` s
 
 from absl import app, flags
 
-from dpiqa_jax.train import checkpoint, run
+from dpiqa_jax.train import checkpoint, console, run
 
 from . import cli, distributed_flags
 
@@ -36,6 +36,7 @@ flags.adopt_module_key_flags(distributed_flags)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    console.quiet_library_logs()  # before JAX probes its backends
     distributed_flags.initialize()
     try:
         run.train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
