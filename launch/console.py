@@ -52,9 +52,12 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> NoReturn:
     argv = list(sys.argv if argv is None else argv)
     first = argv[1] if len(argv) > 1 else None
-    if first in (None, "-h", "--help", "help"):
+    if first is None:
+        sys.stderr.write(usage())
+        sys.exit(cli.USAGE_ERROR)
+    if first in ("-h", "--help", "help"):
         sys.stdout.write(usage())
-        sys.exit(0 if first else cli.USAGE_ERROR)
+        sys.exit(0)
     if first == "--version":
         print(f"{PROGRAM} {dpiqa_jax.__version__}")
         sys.exit(0)
