@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging as std_logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from absl import logging
 
@@ -24,13 +24,26 @@ from absl import logging
 QUIET_PACKAGES = ("orbax", "grain", "jax", "jaxlib", "tensorstore", "tensorflow_datasets")
 
 
-@contextlib.contextmanager
-def phase(description: str) -> Iterator[None]:
+class phase:  # pylint: disable=invalid-name  # used as a function: `with phase(...):`
     """Logs `description` when the phase starts and its duration when it ends."""
-    logging.info("%s ...", description)
-    start = time.perf_counter()
-    yield
-    logging.info("%s: done in %.1f s", description, time.perf_counter() - start)
+
+    def __init__(self, description: str):
+        self._description = description
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        logging.info("%s ...", self._description)
+        self._start = time.perf_counter()
+
+    def __exit__(self, error_type: Any, *_: Any) -> None:
+        if error_type is None:
+            logging.info("%s: done in %.1f s", self._description,
+                         time.perf_counter() - self._start)
+
+
+# The log lines name the run's code that opened the phase, not this file.
+for _method in ("__enter__", "__exit__"):
+    logging.ABSLLogger.register_frame_to_skip(__file__, _method)
 
 
 def format_duration(seconds: float) -> str:
