@@ -133,6 +133,10 @@ class Throughput:
     def add(self, images: int) -> None:
         self._images += images
 
+    def restart(self) -> None:
+        """Starts a new window (after work that is not training: validation, a save)."""
+        self._start, self._images = time.perf_counter(), 0
+
     def rate(self) -> float:
         now = time.perf_counter()
         rate = self._images / max(now - self._start, 1e-9)

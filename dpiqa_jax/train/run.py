@@ -407,6 +407,8 @@ def _train_steps(session: _Run, update: Any, state: TrainState, iterator: Any) -
             session.writer.say(console.eval_line(step, val_metrics, session.best))
         if save_due:
             session.checkpointer.save(step, state, iterator, config_json(config), val_metrics)
+        if eval_due or save_due:
+            throughput.restart()
     return state
 
 
