@@ -18,7 +18,7 @@ Multi-host: on a TPU VM or in a SLURM job with several tasks `jax.distributed` s
 
 from absl import app, flags
 
-from dpiqa_jax.train import checkpoint, console, run
+from dpiqa_jax.train import console, workdir
 
 from . import cli, distributed_flags
 
@@ -36,11 +36,15 @@ flags.adopt_module_key_flags(distributed_flags)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    console.quiet_library_logs()  # before JAX probes its backends
-    distributed_flags.initialize()
     try:
+        workdir.check_run_settings(_WORKDIR.value, _CONFIG.value.keep_checkpoints)
+        console.quiet_library_logs()  # before JAX probes its backends
+        distributed_flags.initialize()
+        # Imported only now: the model, data and checkpoint libraries take many seconds to load,
+        # and a bad workdir is reported before that.
+        from dpiqa_jax.train import run  # pylint: disable=import-outside-toplevel
         run.train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-    except checkpoint.RunSettingsError as error:
+    except workdir.RunSettingsError as error:
         cli.exit_with_usage_error(str(error))
 
 

@@ -16,7 +16,7 @@ import pytest
 from absl import logging
 
 from configs import teacher
-from dpiqa_jax.train import checkpoint, console, inputs, run
+from dpiqa_jax.train import checkpoint, console, inputs, run, workdir
 from dpiqa_jax.train import logging as train_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,13 +67,13 @@ def test_library_info_is_quiet_at_the_default_verbosity_only():
 def test_a_workdir_that_cannot_be_written_is_refused(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(checkpoint.RunSettingsError, match="exists and is not a directory"):
-        checkpoint.check_run_settings(str(a_file), 2)
-    with pytest.raises(checkpoint.RunSettingsError, match="cannot be written"):
-        checkpoint.check_run_settings(str(a_file / "below"), 2)
-    with pytest.raises(checkpoint.RunSettingsError, match="keep_checkpoints must be at least 1"):
-        checkpoint.check_run_settings(str(tmp_path / "fine"), 0)
-    assert checkpoint.check_run_settings(str(tmp_path / "fine"), 1) == str(tmp_path / "fine")
+    with pytest.raises(workdir.RunSettingsError, match="exists and is not a directory"):
+        workdir.check_run_settings(str(a_file), 2)
+    with pytest.raises(workdir.RunSettingsError, match="cannot be written"):
+        workdir.check_run_settings(str(a_file / "below"), 2)
+    with pytest.raises(workdir.RunSettingsError, match="keep_checkpoints must be at least 1"):
+        workdir.check_run_settings(str(tmp_path / "fine"), 0)
+    assert workdir.check_run_settings(str(tmp_path / "fine"), 1) == str(tmp_path / "fine")
 
 
 @pytest.mark.parametrize("setting", ["--workdir={file}", "--config.keep_checkpoints=0"])

@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from configs import teacher
-from dpiqa_jax.train import checkpoint, run
+from dpiqa_jax.train import checkpoint, run, workdir
 from dpiqa_jax.train.state import create_train_state
 from test_train_multidevice import REPO, child_environment
 
@@ -96,7 +96,7 @@ def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
     changed.optimizer.learning_rate = 0.5
     changed.seed = 3
     changed.log_every_steps = 1  # run-neutral: not listed
-    with pytest.raises(checkpoint.RunSettingsError,
+    with pytest.raises(workdir.RunSettingsError,
                        match=r"differing fields: optimizer\.learning_rate, seed\. "):
         run.open_checkpoints(changed, str(tmp_path))
     run.open_checkpoints(changed, str(tmp_path), allow_config_change=True).close()

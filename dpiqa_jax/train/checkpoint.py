@@ -8,8 +8,8 @@ half-written step), so a restarted run resumes from the latest complete one.
 Kept: the latest `keep` steps, and the step with the best validation SRCC among those saved with
 metrics. Selection never looks at the test split.
 
-Before anything is built, `check_run_settings` refuses a workdir that cannot hold the run and a
-`keep` below 1; on resume, `config_differences` lists the config fields that changed since the
+Before anything is built, `check_run_settings` (dpiqa_jax.train.workdir) refuses a workdir that
+cannot hold the run and a `keep` below 1; on resume, `config_differences` lists the config fields that changed since the
 checkpoint, except those that do not change what is trained (`RUN_NEUTRAL_FIELDS`).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ import grain
 import orbax.checkpoint as ocp
 
 from dpiqa_jax.train.state import TrainState
+from dpiqa_jax.train.workdir import check_keep
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "val_srcc"
@@ -35,36 +35,6 @@ RUN_NEUTRAL_FIELDS = frozenset({
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "progress_bar", "tensorboard", "total_steps", "num_epochs", "data.data_dir",
     "data.num_threads", "data.prefetch_images", "data.eval_batch_size"})
-
-
-class RunSettingsError(ValueError):
-    """The workdir or the checkpoint settings cannot hold the run (found before any model work)."""
-
-
-def check_keep(keep: int) -> None:
-    if keep < 1:
-        raise RunSettingsError(f"keep_checkpoints must be at least 1, got {keep}")
-
-
-def check_workdir(workdir: str) -> str:
-    """The absolute workdir, created if missing; refuses a file or a folder it cannot write."""
-    path = os.path.abspath(os.path.expanduser(workdir))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunSettingsError(f"workdir {workdir}: exists and is not a directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise RunSettingsError(f"workdir {workdir}: cannot be written "
-                               f"({error.strerror or error})") from None
-    return path
-
-
-def check_run_settings(workdir: str, keep: int) -> str:
-    """Both checks above; returns the absolute workdir."""
-    check_keep(keep)
-    return check_workdir(workdir)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -41,6 +41,7 @@ from dpiqa_jax.eval import metrics as metrics_lib
 from dpiqa_jax.eval import protocol
 from dpiqa_jax.train import checkpoint as checkpoint_lib
 from dpiqa_jax.train import console, inputs, models, optim, sharding, steps
+from dpiqa_jax.train import workdir as workdir_lib
 from dpiqa_jax.train.tasks import Task, build_task
 from dpiqa_jax.train import logging as train_logging
 from dpiqa_jax.train.state import Params, TrainState, create_train_state
@@ -273,10 +274,10 @@ def open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
     """The run's checkpointer, after the checks that need no model: the workdir can be written,
     keep_checkpoints >= 1, and a checkpoint to resume was saved with the same run config.
 
-    Raises checkpoint_lib.RunSettingsError naming what is wrong (the differing config fields on
+    Raises workdir_lib.RunSettingsError naming what is wrong (the differing config fields on
     resume, unless `allow_config_change`, which logs them instead).
     """
-    workdir = checkpoint_lib.check_run_settings(workdir, config.keep_checkpoints)
+    workdir = workdir_lib.check_run_settings(workdir, config.keep_checkpoints)
     checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is None:
@@ -285,7 +286,7 @@ def open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
                                                     config_json(config))
     if differences and not allow_config_change:
         checkpointer.close()
-        raise checkpoint_lib.RunSettingsError(
+        raise workdir_lib.RunSettingsError(
             f"{workdir} holds a run with another config (step {latest}); differing fields: "
             f"{', '.join(differences)}. Use the saved values, another workdir, or allow the "
             "change explicitly (launch.train --allow_config_change)")
