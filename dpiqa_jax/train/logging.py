@@ -94,6 +94,10 @@ class MetricWriter:
             self._jsonl.close()
 
 
+# Console lines name the run's code that said them, not this file.
+logging.ABSLLogger.register_frame_to_skip(__file__, "say")
+
+
 def records_up_to(path: str, last_step: int) -> list[dict[str, Any]]:
     """The records of `path` (metrics.jsonl) with step <= last_step; none if it does not exist.
 
