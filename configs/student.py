@@ -20,6 +20,7 @@ Variants: koniq10k, clive, spaq, flive, kadid10k, agiqa3k, iqa_folder (the autho
 its packaged ImageNet weights, demo images; CPU, no files):
 
   python -m launch.train --config=configs/student.py:tiny --workdir=/tmp/student_tiny
+  dpiqa train --config student:tiny --workdir /tmp/student_tiny     # installed, from any folder
 
 The authors' protocol: `--config.protocol=authors` with the teacher they pick,
 `--config.teacher_checkpoint=runs/teacher_koniq/best_test_plcc_model` (selected on the test part),
@@ -32,7 +33,10 @@ efficientnet_bN state dict, e.g. the authors' B7), or 'scratch'.
 
 import ml_collections
 
-from configs import common
+try:  # imported as a package module: configs.student, or dpiqa_jax.configs.student installed
+    from . import common
+except ImportError:  # loaded from its path by ml_collections (a copy of this file elsewhere)
+    from configs import common
 
 MILESTONE_EPOCHS = {"koniq10k": (5,), "clive": (10, 25), "spaq": (6,), "flive": (4,),
                     "kadid10k": (5, 10), "agiqa3k": (10, 25), "iqa_folder": (5,)}

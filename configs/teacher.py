@@ -10,6 +10,7 @@ KADID-10k 5 with batch 14; ours for AGIQA-3K 10 (CLIVE's scale)), and `tiny`, a 
 miniature on the generated in-memory demo set that runs on one CPU in seconds:
 
   python -m launch.train --config=configs/teacher.py:tiny --workdir=/tmp/teacher_tiny
+  dpiqa train --config teacher:tiny --workdir /tmp/teacher_tiny     # installed, from any folder
 
 KADID-10k differs from the authors' in its transforms only: their "synthetic" transforms resize
 to 1024x768, flip, crop 512x512 at random (at test too) and ImageNet-normalise (defined in their
@@ -30,7 +31,10 @@ train step on a mesh: `python -m launch.inspect --config=configs/teacher.py:koni
 
 import ml_collections
 
-from configs import common
+try:  # imported as a package module: configs.teacher, or dpiqa_jax.configs.teacher installed
+    from . import common
+except ImportError:  # loaded from its path by ml_collections (a copy of this file elsewhere)
+    from configs import common
 
 # Milestone epoch of the LR decay per variant.
 MILESTONE_EPOCH = {"koniq10k": 5, "clive": 10, "spaq": 5, "flive": 2, "kadid10k": 5,

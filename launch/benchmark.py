@@ -2,7 +2,7 @@ r"""Speed of DP-IQA in JAX against the PyTorch original: one JSON line per measu
 
   python -m launch.benchmark --size=tiny --torch --ratio --steps=3          # CPU: ~5 minutes
   python -m launch.benchmark --size=full --torch --ratio                    # one GPU
-  python -m launch.benchmark --size=full --only=student_infer --torch --batch=4 --steps=5
+  python -m launch.benchmark --size=full --only=student_infer --torch --batch_size=4 --steps=5
 
 Measurements (--only, comma separated; default all): teacher_infer, teacher_train,
 student_infer, student_train, input_pipeline (this project's Grain pipeline on the host CPU; its
@@ -38,10 +38,10 @@ from typing import Any
 
 from absl import app, flags
 
-from configs import student as student_configs
-from configs import teacher as teacher_configs
 from dpiqa_jax import benchmark
 from dpiqa_jax.sd.attention import ATTENTION_IMPLEMENTATIONS, AttentionKernel
+
+from . import cli
 
 _SIZE = flags.DEFINE_enum("size", "tiny", benchmark.SIZES, "Model and batch sizes.")
 _ONLY = flags.DEFINE_list("only", list(benchmark.MEASUREMENTS),
@@ -51,7 +51,9 @@ _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "torch.compile the Py
 _RATIO = flags.DEFINE_bool("ratio", False, "Print jax / torch img/s per measurement.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before the timed ones.")
-_BATCH = flags.DEFINE_integer("batch", 0, "Images per step for every measurement; 0: the size's.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Images per step for every measurement; 0: the "
+                              "size's.", lower_bound=0)
+cli.rename("batch", "batch_size")
 _RESOLUTION = flags.DEFINE_integer("resolution", 0, "Image side (multiple of 64); 0: the size's.")
 _STUDENT_BACKBONE = flags.DEFINE_string("student_backbone", "",
                                         "EfficientNet of the student (b0..b7); '': the size's.")
@@ -73,9 +75,6 @@ _SCORE_BATCHES = flags.DEFINE_list("score_batches", [str(b) for b in benchmark.S
                                     "its own process.")
 _KEEP_GOING = flags.DEFINE_bool("keep_going", False,
                                 "On a failed measurement print an error line, go on, exit 1.")
-# Dashed spellings of the two-word flags.
-flags.DEFINE_alias("torch-compile", "torch_compile")
-flags.DEFINE_alias("student-backbone", "student_backbone")
 
 
 def check_measurements(names: list[str]) -> list[str]:
@@ -204,12 +203,12 @@ def main(argv):
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
                                     student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value)
-    teacher_training = teacher_configs.get_config("koniq10k")
+    teacher_training = cli.config_module("teacher").get_config("koniq10k")
     settings = benchmark.RunSettings(
         size=size, dtype=benchmark.compute_dtype(_DTYPE.value, benchmark.jax_platform()),
         steps=_STEPS.value, warmup=_WARMUP.value, seed=_SEED.value,
         peak_tflops=_PEAK_TFLOPS.value or None, teacher_training=teacher_training,
-        student_training=student_configs.get_config("koniq10k"),
+        student_training=cli.config_module("student").get_config("koniq10k"),
         attention=_attention_kernel(teacher_training.attention.query_chunk))
     results = []
     batches = scoring_batches()
@@ -234,4 +233,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,11 +1,11 @@
 r"""Converts the authors' DP-IQA PyTorch checkpoints into our model bundles.
 
   python -m launch.convert official-teacher --checkpoint dpiqa_teacher.pth \
-      --prompts prompts.npy --out models/teacher_koniq [--sd_config_from SD_DIR] [--image_size 512]
+      --prompts prompts.npy --output models/teacher_koniq [--sd_config_from SD_DIR] [--image_size 512]
   python -m launch.convert official-student --checkpoint dpiqa_student.pth \
-      --out models/student_koniq [--backbone b7]
+      --output models/student_koniq [--backbone b7]
 
-Checkpoints: torch pickles (.pth/.pt/.bin; needs torch) or .safetensors. Conversion is strict: a
+Checkpoints: torch pickles (.pth/.pt/.bin, read without torch) or .safetensors. Conversion is strict: a
 missing, unexpected or mis-shaped tensor is an error naming it. Tensors the model does not use
 (VAE decoder, QFD.bnc1, QFD.classifier_dist, BatchNorm counters) are kept in the bundle so
 `launch.export --format official` reproduces the checkpoint bit for bit.
@@ -20,10 +20,10 @@ Flag names also accept dashes (--sd-config-from, --image-size).
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from dpiqa_jax import export
-from launch import cli
+from . import cli
 
 COMMANDS = ("official-teacher", "official-student")
 # What reading or converting a bad file raises: the readers' CheckpointError and the converters'
@@ -34,7 +34,8 @@ _UNCONVERTIBLE = (OSError, ValueError, ImportError, TypeError, KeyError, IndexEr
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The authors' state dict file.",
                                   required=True)
-_OUT = flags.DEFINE_string("out", None, "Output bundle directory.", required=True)
+_OUT = flags.DEFINE_string("output", None, "Output bundle directory.", required=True)
+cli.rename("out", "output")
 _PROMPTS = flags.DEFINE_string("prompts", None, "official-teacher: prompt embeddings .npy.")
 _SD_CONFIG_FROM = flags.DEFINE_string("sd_config_from", None, "official-teacher: diffusers "
                                       "directory with unet/ and vae/ config.json (default SD 1.5).")
@@ -42,8 +43,6 @@ _BACKBONE = flags.DEFINE_string("backbone", None, "official-student: EfficientNe
                                 "(b0..b7, lite0..lite2); default inferred.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 512, "Model input side recorded in the bundle.",
                                    lower_bound=8)
-for _name in ("sd_config_from", "image_size"):
-    flags.DEFINE_alias(_name.replace("_", "-"), _name)
 
 
 def _command(argv: list[str]) -> str:
@@ -93,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -1,7 +1,7 @@
 """DP-IQA end to end on one CPU in about ten minutes, on photographs that ship inside packages.
 
   python -m launch.demo                       # report in ./demo_out
-  python -m launch.demo --out /tmp/demo --teacher_steps 100 --student_steps 100
+  python -m launch.demo --output /tmp/demo --teacher_steps 100 --student_steps 100
 
 Trains a tiny random-init teacher (a miniature of SD 1.5's structure, NOT pretrained), distils an
 EfficientNet-Lite0 student (real ImageNet weights) from it, evaluates both on held-out photographs
@@ -14,7 +14,10 @@ from absl import app, flags, logging
 
 from dpiqa_jax import demo
 
-_OUT = flags.DEFINE_string("out", "demo_out", "Report folder.")
+from . import cli
+
+_OUT = flags.DEFINE_string("output", "demo_out", "Report folder.")
+cli.rename("out", "output")
 _TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", demo.DemoSettings.teacher_steps,
                                       "Teacher training steps.")
 _STUDENT_STEPS = flags.DEFINE_integer("student_steps", demo.DemoSettings.student_steps,
@@ -37,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -29,11 +29,11 @@ from absl import app, flags, logging
 
 from dpiqa_jax.data import builders, images, sources
 from dpiqa_jax.eval import aggregate, protocol
-from launch import cli, eval_flags
+from . import cli, eval_flags
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model to evaluate: bundle dir, training "
-                                  "workdir or exported .safetensors (alias --checkpoint_dir).",
-                                  required=True)
+                                  "workdir or exported .safetensors.", required=True)
+cli.rename("checkpoint_dir", "checkpoint")
 _DATASET = flags.DEFINE_enum("dataset", None, builders.DATASET_NAMES, "Dataset to evaluate on.")
 _SPLIT_FILE = flags.DEFINE_string("split_file", None, "Split file (splits/<dataset>/*.json).")
 _SPLIT = flags.DEFINE_string("split", None, "Split key: seed0..seed9 or official.")
@@ -42,10 +42,9 @@ _CROSS_DATASETS = flags.DEFINE_list("cross_datasets", [],
                                     "Score every image of each of these datasets instead.")
 _ALLOW_MISSING = flags.DEFINE_bool("allow_missing", False,
                                    "Evaluate without split images absent from the build.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory (alias --out_dir).",
-                              required=True)
-flags.DEFINE_alias("checkpoint_dir", "checkpoint")
-flags.DEFINE_alias("out_dir", "output")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory.", required=True)
+cli.rename("out_dir", "output")
+flags.adopt_module_key_flags(eval_flags)
 
 
 def _model_image_config(predict_fn) -> images.ImageConfig:
@@ -106,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

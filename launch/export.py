@@ -21,11 +21,11 @@ Exit status: 0 written, 1 the model cannot be exported so, 2 usage error.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 import jax.numpy as jnp
 
 from dpiqa_jax import export, inference
-from launch import cli
+from . import cli
 
 FORMATS = ("safetensors", "official", "jax-export")
 
@@ -33,7 +33,8 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Bundle directory, training workdir or exported .safetensors.",
     required=True)
 _FORMAT = flags.DEFINE_enum("format", None, list(FORMATS), "Export format.", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Output file (alias --out).", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output file.", required=True)
+cli.rename("out", "output")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "jax-export: fixed batch size (default "
                                    "polymorphic).", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -44,9 +45,6 @@ _OMIT_UNUSED = flags.DEFINE_bool("omit_unused", False, "official: allow a teache
                                  "authors' unused tensors.")
 _MOS_SCALE = flags.DEFINE_float("mos_scale", None, "jax-export: head output -> MOS factor, for "
                                 "models that do not record it.")
-for _name in ("batch_size", "omit_unused", "mos_scale"):
-    flags.DEFINE_alias(_name.replace("_", "-"), _name)
-flags.DEFINE_alias("out", "output")
 
 
 def _export(model_bundle) -> None:
@@ -77,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -1,7 +1,7 @@
 """Parity of our Flax SD 1.5 modules with diffusers/transformers (PyTorch), one JSON line each.
 
   python -m launch.parity --size tiny
-  python -m launch.parity --size sd15 --res 128          # full size, random weights, ~24 GiB RAM
+  python -m launch.parity --size sd15 --res 128          # full size, random weights, ~10 GiB RAM
   python -m launch.parity --size sd15 --res 512 --sd /path/to/stable-diffusion-v1-5
 
 Prints {"module", "params", "params_torch", "max_abs_err", "max_rel_err", "dtype"} per module and
@@ -12,13 +12,17 @@ counts differ. Needs the dev requirements (torch, diffusers, transformers).
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from dpiqa_jax.sd import parity
 
+from . import cli
+
 _SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "sd15"], "Reference model size.")
 _RES = flags.DEFINE_integer("res", 64, "Image side in pixels (latent side is res/8).")
-_BATCH = flags.DEFINE_integer("batch", 2, "Images per batch (the context is broadcast).")
+_BATCH = flags.DEFINE_integer("batch_size", 2, "Images per batch (the context is broadcast).",
+                              lower_bound=1)
+cli.rename("batch", "batch_size")
 _SD = flags.DEFINE_string("sd", None, "A real SD 1.5 diffusers directory instead of random weights.")
 
 
@@ -34,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -32,13 +32,13 @@ import contextlib
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 import jax.numpy as jnp
 
 from dpiqa_jax import score_files, scorer
 from dpiqa_jax.data import images
 from dpiqa_jax.eval import rows
-from launch import cli
+from . import cli
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model: bundle dir, training workdir or "
                                   "exported .safetensors.", required=True)
@@ -66,8 +66,6 @@ _MOS_SCALE = flags.DEFINE_float("mos_scale", None, "Head output -> MOS factor, f
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar on stderr.")
 _FAILURES_SHOWN = 10
 _INTERRUPTED = 130
-for _name in ("batch_size", "save_maps", "max_pixels", "max_file_bytes", "min_side", "mos_scale"):
-    flags.DEFINE_alias(_name.replace("_", "-"), _name)
 
 
 def _load_scorer() -> scorer.Scorer:
@@ -125,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

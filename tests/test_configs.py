@@ -77,6 +77,16 @@ def test_docstring_gives_the_command(kind):
     doc = CONFIG_MODULES[kind].__doc__
     assert f"python -m launch.train --config=configs/{kind}.py:koniq10k" in doc
     assert f"--config=configs/{kind}.py:tiny" in doc
+    assert f"dpiqa train --config {kind}:tiny" in doc
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIG_MODULES))
+def test_a_config_file_loaded_from_its_path_builds_the_same_config(kind, monkeypatch):
+    """ml_collections loads a config file outside any package; its import of `common` must work
+    there as well as in the package (configs.teacher, dpiqa_jax.configs.teacher installed)."""
+    monkeypatch.chdir(REPO)
+    assert _parse([f"--config=configs/{kind}.py:tiny"]).to_dict() == (
+        CONFIG_MODULES[kind].get_config("tiny").to_dict())
 
 
 def _parse(argv):
