@@ -10,7 +10,7 @@ NCHW tensors, as their `ToTensor` produces.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ LR_GAMMA = 0.2
 
 Batch = Mapping[str, np.ndarray]
 LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+# Takes (name, array or None) pairs, the arrays possibly views of live tensors, and returns them
+# as a dict of arrays that no longer change (copies, or files read back memory-mapped).
+Keep = Callable[[Iterable[tuple[str, np.ndarray | None]]], dict[str, np.ndarray | None]]
 
 
 @dataclasses.dataclass
@@ -84,13 +87,17 @@ def disable_stochastic_depth(model: torch.nn.Module) -> int:
     return sum(1 for _ in blocks)
 
 
-def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
-    return None if tensor is None else tensor.detach().numpy().copy()
+def _view(tensor: torch.Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.detach().numpy()
+
+
+def keep_copies(pairs: Iterable[tuple[str, np.ndarray | None]]) -> dict[str, np.ndarray | None]:
+    return {name: None if array is None else array.copy() for name, array in pairs}
 
 
 def train_torch(model: torch.nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
                 learning_rate: float, milestone_epochs: Sequence[int], steps_per_epoch: int,
-                adam_eps: float = 1e-8) -> TorchTrainTrace:
+                adam_eps: float = 1e-8, keep: Keep = keep_copies) -> TorchTrainTrace:
     """Trains `model` in place over `batches` as the authors' scripts do (see module docstring).
 
     Args:
@@ -102,6 +109,8 @@ def train_torch(model: torch.nn.Module, loss_fn: LossFn, batches: Sequence[Batch
       learning_rate, milestone_epochs: the Adam learning rate and MultiStepLR milestones.
       steps_per_epoch: optimizer steps between two `scheduler.step()` calls.
       adam_eps: Adam's epsilon (torch's default is the authors').
+      keep: how the trace's arrays are stored, one at a time as they are produced (a full-size
+        model's copies would not fit in memory beside it).
     """
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, eps=adam_eps)
@@ -114,7 +123,7 @@ def train_torch(model: torch.nn.Module, loss_fn: LossFn, batches: Sequence[Batch
         loss = loss_fn(model, torch_batch(batch))
         loss.backward()
         if step == 0:
-            first_grads = {name: _numpy(p.grad) for name, p in model.named_parameters()}
+            first_grads = keep((name, _view(p.grad)) for name, p in model.named_parameters())
         optimizer.step()
         losses.append(float(loss.detach()))
         if (step + 1) % steps_per_epoch == 0:
@@ -123,9 +132,9 @@ def train_torch(model: torch.nn.Module, loss_fn: LossFn, batches: Sequence[Batch
     moments = {name: optimizer.state[p] for name, p in named.items() if p in optimizer.state}
     return TorchTrainTrace(
         losses=losses, first_grads=first_grads,
-        params={name: _numpy(p) for name, p in named.items()},
-        exp_avg={name: _numpy(s["exp_avg"]) for name, s in moments.items()},
-        exp_avg_sq={name: _numpy(s["exp_avg_sq"]) for name, s in moments.items()},
-        buffers={name: _numpy(b) for name, b in model.named_buffers()
-                 if name.endswith(("running_mean", "running_var"))},
+        params=keep((name, _view(p)) for name, p in named.items()),
+        exp_avg=keep((name, _view(s["exp_avg"])) for name, s in moments.items()),
+        exp_avg_sq=keep((name, _view(s["exp_avg_sq"])) for name, s in moments.items()),
+        buffers=keep((name, _view(b)) for name, b in model.named_buffers()
+                     if name.endswith(("running_mean", "running_var"))),
         learning_rates=learning_rates, threads=torch.get_num_threads())

@@ -24,7 +24,7 @@ import gc
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -222,9 +222,11 @@ class Spill:
         self._directory = directory
         self._count = 0
 
-    def __call__(self, arrays: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
+    def __call__(self, pairs: Iterable[tuple[str, np.ndarray | None]]
+                 ) -> dict[str, np.ndarray | None]:
+        """Writes each array as it comes (views of live tensors are fine) and maps it back."""
         parked = {}
-        for name, array in arrays.items():
+        for name, array in pairs:
             if array is None:
                 parked[name] = None
                 continue
@@ -368,17 +370,17 @@ def teacher_parity(setup: TrainParitySetup) -> Iterator[TrainComparison]:
     batches = random_batches(setup, None)
     with tempfile.TemporaryDirectory(prefix="dpiqa_train_parity_") as directory:
         spill = Spill(directory)
-        initial = spill(_renamed({n: t.detach().numpy() for n, t in model.state_dict().items()}))
+        initial = spill((n, t.detach().numpy()) for n, t in model.state_dict().items())
         torch_prompts = torch.from_numpy(prompts)
         trace = torch_train.train_torch(
             model, lambda m, b: torch_train.teacher_loss(m, b, torch_prompts), batches,
             learning_rate=LEARNING_RATES["teacher"], milestone_epochs=MILESTONE_EPOCHS,
-            steps_per_epoch=STEPS_PER_EPOCH, adam_eps=ADAM_EPS)
+            steps_per_epoch=STEPS_PER_EPOCH, adam_eps=ADAM_EPS, keep=spill)
         del model
         gc.collect()
-        first_grads = spill(_renamed(trace.first_grads))
-        final = {"params": spill(_renamed(trace.params)), "mu": spill(_renamed(trace.exp_avg)),
-                 "nu": spill(_renamed(trace.exp_avg_sq))}
+        initial, first_grads = _renamed(initial), _renamed(trace.first_grads)
+        final = {"params": _renamed(trace.params), "mu": _renamed(trace.exp_avg),
+                 "nu": _renamed(trace.exp_avg_sq)}
         yield from _teacher_jax_side(setup, config, initial, prompts, batches, trace.losses,
                                      first_grads, final)
 
@@ -416,17 +418,17 @@ def student_parity(setup: TrainParitySetup) -> Iterator[TrainComparison]:
     batches = random_batches(setup, (config.map_size, config.map_size, config.map_channels))
     with tempfile.TemporaryDirectory(prefix="dpiqa_train_parity_") as directory:
         spill = Spill(directory)
-        initial = spill({n: t.detach().numpy() for n, t in model.state_dict().items()})
+        initial = spill((n, t.detach().numpy()) for n, t in model.state_dict().items())
         trace = torch_train.train_torch(
             model, torch_train.student_loss, batches, learning_rate=LEARNING_RATES["student"],
-            milestone_epochs=MILESTONE_EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, adam_eps=ADAM_EPS)
+            milestone_epochs=MILESTONE_EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, adam_eps=ADAM_EPS,
+            keep=spill)
         del model
         gc.collect()
-        first_grads = spill(trace.first_grads)
-        final = {"params": spill(trace.params), "mu": spill(trace.exp_avg),
-                 "nu": spill(trace.exp_avg_sq), "batch_stats": spill(trace.buffers)}
-        yield from _student_jax_side(setup, config, initial, batches, trace.losses, first_grads,
-                                     final)
+        final = {"params": trace.params, "mu": trace.exp_avg, "nu": trace.exp_avg_sq,
+                 "batch_stats": trace.buffers}
+        yield from _student_jax_side(setup, config, initial, batches, trace.losses,
+                                     trace.first_grads, final)
 
 
 def _student_params_to_torch(tree: Any) -> dict[str, np.ndarray]:
