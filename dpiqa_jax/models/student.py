@@ -36,12 +36,15 @@ class StudentConfig:
       map_size: side of the quality map the head resizes to (64 = the teacher's map).
       map_channels: channels of the quality map (8, as the teacher's).
       hidden: width of `fc1` and `fc2`.
+      stochastic_depth: the backbone's stochastic depth in training; off only where random draws
+        cannot be shared (parity with PyTorch).
     """
 
     backbone: str = "b7"
     map_size: int = 64
     map_channels: int = 8
     hidden: int = 512
+    stochastic_depth: bool = True
 
 
 class TorchConvTranspose2d(nn.Module):
@@ -103,7 +106,10 @@ class Student(nn.Module):
           score [B] (predicts MOS / 100) and the quality map [B, map_size, map_size, map_channels].
         """
         config = self.config
-        features = EfficientNet(efficientnet_config(config.backbone), dtype=self.dtype,
+        backbone = efficientnet_config(config.backbone)
+        if not config.stochastic_depth:
+            backbone = dataclasses.replace(backbone, stochastic_depth_prob=0.0)
+        features = EfficientNet(backbone, dtype=self.dtype,
                                 param_dtype=self.param_dtype, name="base_model")(x, train)
         quality_map = nn.relu(TorchConvTranspose2d(config.map_channels, dtype=self.dtype,
                                                    param_dtype=self.param_dtype,
