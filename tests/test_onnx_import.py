@@ -18,12 +18,15 @@ from dpiqa_jax.convert import onnx_student
 from dpiqa_jax.models.efficientnet import TorchBatchNorm
 from dpiqa_jax.reference.torch_onnx_student import (TorchAuthorsStudent, export_like_the_authors,
                                                     randomize_batch_norms)
+from test_scorer import run_module
 
 SIDE = 64  # B0 at 64x64: 2x2 features -> 4x4 -> nearest to 64x64, as B7 at 512 (16 -> 32 -> 64)
 HIDDEN = 16
-# ORT and XLA sum the convolutions in other orders: fp32 eps 1.2e-7 x ~80 layers stacked, times a
-# margin of ~2, gives 2e-5 of the output's magnitude; measured 1e-6 (map) and 1e-7 (score).
-RELATIVE_TOLERANCE = 2e-5
+# Error relative to the reference's largest magnitude. ORT, XLA and torch sum the convolutions in
+# other orders, and the BatchNorm statistics measured on 3 photos at 2x2 features divide by small
+# variances, which amplifies rounding: torch eager vs ORT on this file differ by 2.6e-5 (score)
+# and 1.7e-5 (map), ours vs ORT by 2.3e-5 and 1.4e-5 (measured). The bound is ~4x that spread.
+RELATIVE_TOLERANCE = 1e-4
 
 
 def _photos(side: int) -> np.ndarray:
@@ -42,7 +45,8 @@ def authors_onnx(tmp_path_factory):
     """A B0 student of the authors' structure, seeded weights and BatchNorm statistics, exported
     as they did; returns (path, the torch model)."""
     torch.manual_seed(0)
-    model = randomize_batch_norms(TorchAuthorsStudent("b0", SIDE, hidden=HIDDEN), seed=1)
+    model = randomize_batch_norms(TorchAuthorsStudent("b0", SIDE, hidden=HIDDEN), seed=1,
+                                  calibration_images=torch.from_numpy(_nchw(_photos(SIDE))))
     path = str(tmp_path_factory.mktemp("onnx") / "student_model.onnx")
     export_like_the_authors(model, path, SIDE)
     return path, model
@@ -85,7 +89,7 @@ def test_imported_bundle_scores_as_onnxruntime_on_photos(authors_onnx, imported)
     raw, our_map = _jax_outputs(imported, images)
     _assert_close(raw, score[:, 0], "score")
     _assert_close(our_map, quality_map, "map")
-    assert np.ptp(quality_map) > 0.1  # the map carries signal: the comparison can fail
+    assert np.ptp(score) > 1e-3  # scores differ between the photos: the comparison can fail
     with torch.no_grad():
         torch_score, _ = torch_model(torch.from_numpy(_nchw(images)))
     _assert_close(raw, torch_score[:, 0].numpy(), "score vs torch")
@@ -189,3 +193,21 @@ def test_external_data_outside_the_folder_is_refused(authors_onnx, tmp_path):
     os.remove(inside / "weights.bin")
     with pytest.raises(onnx_student.OnnxStudentError, match="missing or too short"):
         onnx_student.read_onnx_student(path)
+
+
+def test_convert_cli_recognises_onnx_by_content(authors_onnx, tmp_path):
+    checkpoint = tmp_path / "student_model.bin"  # the name says nothing; the content does
+    shutil.copy(authors_onnx[0], checkpoint)
+    completed = run_module("launch.convert", "official-student", "--checkpoint", str(checkpoint),
+                           "--out", str(tmp_path / "bundle"))
+    assert completed.returncode == 0, completed.stderr
+    assert bundle_lib.load_bundle(str(tmp_path / "bundle")).model_config["backbone"] == "b0"
+
+    def mutate(model):
+        _node(model, "features.4/features.4.1/block/block.2", "GlobalAveragePool").op_type = \
+            "GlobalMaxPool"
+    completed = run_module("launch.convert", "official-student", "--checkpoint",
+                           _mutated(authors_onnx[0], tmp_path, mutate), "--out",
+                           str(tmp_path / "refused"))
+    assert completed.returncode == 1
+    assert "features.4.1/block/block.2" in completed.stderr and "GlobalMaxPool" in completed.stderr

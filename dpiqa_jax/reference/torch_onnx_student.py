@@ -49,17 +49,33 @@ class TorchAuthorsStudent(torch.nn.Module):
         return self.fc3(x), feature_map
 
 
-def randomize_batch_norms(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Gives every BatchNorm non-trivial statistics and affine parameters (so folding matters)."""
+def randomize_batch_norms(model: torch.nn.Module, seed: int,
+                          calibration_images: torch.Tensor) -> torch.nn.Module:
+    """Random BatchNorm affine parameters, then running statistics measured on
+    `calibration_images` [N, 3, S, S] (one training-mode pass, stochastic depth off).
+
+    Random statistics alone would leave a deep random network's output nearly the same for every
+    image; measured ones keep each layer normalised, so the scores depend on the image.
+    """
     generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    blocks = [m for m in model.modules() if hasattr(m, "stochastic_depth_prob")]
+    depth_probs = [block.stochastic_depth_prob for block in blocks]
+    momenta = [norm.momentum for norm in norms]
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                shape = module.running_mean.shape
-                module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(shape, generator=generator) * 0.5 + 0.75)
-                module.weight.copy_(torch.rand(shape, generator=generator) * 0.5 + 0.75)
-                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
+        for norm in norms:
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=generator) * 0.5 + 0.75)
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator) * 0.1)
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average: after one pass, that batch's statistics
+        for block in blocks:
+            block.stochastic_depth_prob = 0.0
+        model.train()
+        model(calibration_images)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    for block, prob in zip(blocks, depth_probs):
+        block.stochastic_depth_prob = prob
     return model.eval()
 
 
