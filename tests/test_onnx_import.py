@@ -16,6 +16,7 @@ from PIL import Image
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.convert import onnx_student
 from dpiqa_jax.models.efficientnet import TorchBatchNorm
+from dpiqa_jax.scorer import Scorer
 from dpiqa_jax.reference.torch_onnx_student import (TorchAuthorsStudent, export_like_the_authors,
                                                     randomize_batch_norms)
 from test_scorer import run_module
@@ -211,3 +212,14 @@ def test_convert_cli_recognises_onnx_by_content(authors_onnx, tmp_path):
                            str(tmp_path / "refused"))
     assert completed.returncode == 1
     assert "features.4.1/block/block.2" in completed.stderr and "GlobalMaxPool" in completed.stderr
+
+
+def test_scorer_scores_an_onnx_file_as_onnxruntime(authors_onnx):
+    path, _ = authors_onnx
+    images = _photos(SIDE)
+    scorer = Scorer.load(path, batch_size=2)
+    predictions = scorer.predict(list(images), return_maps=True)
+    score, quality_map = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"input": _nchw(images)})
+    _assert_close(predictions.score, 100.0 * score[:, 0], "score")
+    _assert_close(predictions.quality_map.transpose(0, 3, 1, 2), quality_map, "map")

@@ -680,9 +680,11 @@ def _mos_scale(student: OnnxStudent, source: str) -> float:
     return scale
 
 
-def import_onnx_student(path: str, out_dir: str, *, backbone: str | None = None) -> str:
-    """An ONNX student file -> a student bundle in `out_dir` (see `read_onnx_student`)."""
+def onnx_student_bundle(path: str, *, backbone: str | None = None) -> Any:
+    """An ONNX student file as an in-memory student `Bundle` (see `read_onnx_student`)."""
     # pylint: disable=import-outside-toplevel
+    import dataclasses as dc
+
     import jax
     import jax.numpy as jnp
 
@@ -702,8 +704,16 @@ def import_onnx_student(path: str, out_dir: str, *, backbone: str | None = None)
                 "mos_scale": scale, "score_range": [0.0, scale], "image_size": side,
                 "batch_norm": ("folded into the convolutions: identity BatchNorm + bias"
                                if student.folded_batch_norm else "as in the file")}
-    return bundle_lib.save_bundle(out_dir, "student", student.config, variables,
-                                  metadata=metadata)
+    return bundle_lib.Bundle("student", dc.asdict(student.config), variables, metadata=metadata)
+
+
+def import_onnx_student(path: str, out_dir: str, *, backbone: str | None = None) -> str:
+    """An ONNX student file -> a student bundle in `out_dir` (see `read_onnx_student`)."""
+    from dpiqa_jax import bundle as bundle_lib  # pylint: disable=import-outside-toplevel
+
+    model_bundle = onnx_student_bundle(path, backbone=backbone)
+    return bundle_lib.save_bundle(out_dir, "student", model_bundle.model_config,
+                                  model_bundle.variables, metadata=model_bundle.metadata)
 
 
 def _sha256(path: str) -> str:
