@@ -233,7 +233,8 @@ def resolve_model(path: str | os.PathLike) -> tuple[bundle_lib.Bundle, str]:
     * a bundle directory (`model.json` + `params.safetensors`: our own or a converted authors'
       checkpoint),
     * a training workdir: its `best_model/` bundle,
-    * a `.safetensors` file written by `launch.export --format safetensors`.
+    * a `.safetensors` file written by `launch.export --format safetensors`,
+    * an ONNX student file (the authors' or ours; converted in memory, needs `onnx`).
 
     Raises:
       FileNotFoundError / ValueError: naming the path and what was expected there.
@@ -252,6 +253,9 @@ def resolve_model(path: str | os.PathLike) -> tuple[bundle_lib.Bundle, str]:
         if path.endswith(".safetensors"):
             from dpiqa_jax import export  # pylint: disable=import-outside-toplevel
             return export.read_params_safetensors(path), path
+        from dpiqa_jax.convert import onnx_student  # pylint: disable=import-outside-toplevel
+        if onnx_student.looks_like_onnx(path):  # converted in memory, scored by our JAX model
+            return onnx_student.onnx_student_bundle(path), path
         raise ValueError(f"{path}: expected a bundle directory, a training workdir or an "
                          f"exported .safetensors file")
     raise FileNotFoundError(f"model not found: {path}")
