@@ -1,8 +1,10 @@
 """Importing an ONNX student made the way the authors made theirs (torch's TorchScript exporter in
 eval mode, BatchNorms folded), checked against onnxruntime on the same file."""
 
+import json
 import os
 import shutil
+import struct
 
 import jax
 import numpy as np
@@ -170,6 +172,11 @@ def test_truncated_and_foreign_files_are_refused(authors_onnx, tmp_path):
     pickle = tmp_path / "state.pth"
     torch.save({"w": torch.zeros(1)}, pickle)
     assert not onnx_student.looks_like_onnx(str(pickle))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (264 - len(header))  # its length's first byte is ONNX's first byte, 0x08
+    safetensors = tmp_path / "w.safetensors"
+    safetensors.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    assert not onnx_student.looks_like_onnx(str(safetensors))
 
 
 def test_external_data_outside_the_folder_is_refused(authors_onnx, tmp_path):

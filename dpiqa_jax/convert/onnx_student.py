@@ -66,10 +66,13 @@ def looks_like_onnx(path: str) -> bool:
     """Whether the file starts as an ONNX ModelProto does (not a zip, pickle or safetensors)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
+            head = f.read(9)
     except OSError:
         return False
-    return len(head) == 2 and head[0] == _ONNX_FIRST_BYTE
+    # A safetensors file whose header length happens to start with the same byte has its JSON
+    # header at byte 8.
+    safetensors = len(head) == 9 and head[8:9] == b"{"
+    return len(head) >= 2 and head[0] == _ONNX_FIRST_BYTE and not safetensors
 
 
 def _external_location(tensor, base_dir: str, source: str) -> tuple[str, int, int | None]:
