@@ -22,6 +22,7 @@ from dpiqa_jax.convert.torch_layout import read_state_dict_file
 from dpiqa_jax.models.efficientnet import EfficientNet, efficientnet_config
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.reference.torch_onnx_student import TorchAuthorsStudent, randomize_batch_norms
+from test_scorer import run_module
 
 # The bound. Measured: 1.6e-6 (score) and 1.3e-6 (map) relative for Lite0 at 224; the
 # fold of BatchNorm into the conv (one extra fp32 rounding per weight) and ORT's other summation
@@ -141,3 +142,21 @@ def test_teacher_and_unsupported_options_are_refused(tmp_path):
     unscaled = dataclasses.replace(student, metadata={"image_size": 64})
     with pytest.raises(ValueError, match="mos_scale"):
         onnx_export.export_onnx(unscaled, str(tmp_path / "u.onnx"))
+
+
+def test_export_cli_writes_onnx_and_refuses_options(tmp_path):
+    config = StudentConfig(backbone="b0", hidden=HIDDEN)
+    bundle_dir = bundle_lib.save_bundle(str(tmp_path / "student"), "student", config,
+                                        _random_head(config, 64),
+                                        metadata={"mos_scale": 100.0, "image_size": 64})
+    out = str(tmp_path / "student.onnx")
+    completed = run_module("launch.export", "--checkpoint", bundle_dir, "--format", "onnx",
+                           "--out", out, "--batch_size", "2")
+    assert completed.returncode == 0, completed.stderr
+    model = onnx.load(out)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    for option, message in ((["--platforms", "cpu"], "--platforms applies to jax-export only"),
+                            (["--dtype", "bfloat16"], "float32 only")):
+        completed = run_module("launch.export", "--checkpoint", bundle_dir, "--format", "onnx",
+                               "--out", str(tmp_path / "x.onnx"), *option)
+        assert completed.returncode == 1 and message in completed.stderr, completed.stderr
