@@ -102,7 +102,7 @@ def _check_against_jax(ours, path, images):
         for mine, theirs, what in ((ours[0][:batch], score[:, 0], "score"),
                                    (ours[1][:batch], onnx_map, "map")):
             error = np.abs(mine - theirs).max() / np.abs(mine).max()
-            assert error <= RELATIVE_TOLERANCE, f"{what} (batch {batch}): relative error {error:.2e}"
+            assert error <= RELATIVE_TOLERANCE, f"{what}, batch {batch}: relative error {error:.2e}"
 
 
 @pytest.mark.parametrize("backbone,side", [("lite0", 224), ("b0", 64)])

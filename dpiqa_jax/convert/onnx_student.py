@@ -103,11 +103,24 @@ def _expected_nbytes(tensor, source: str) -> int:
     return count * itemsize
 
 
+def _all_tensors(graph) -> list:
+    """Initializers and tensor-valued attributes of the graph and its subgraphs."""
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            tensors.extend(([attribute.t] if attribute.HasField("t") else []) +
+                           list(attribute.tensors))
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + \
+                    list(attribute.graphs):
+                tensors.extend(_all_tensors(subgraph))
+    return tensors
+
+
 def _load_external_data(model, base_dir: str, source: str) -> None:
     """Reads every external tensor's bytes into it, after checking place and size."""
     onnx = _onnx()
     total = 0
-    for tensor in onnx.external_data_helper._get_all_tensors(model):  # pylint: disable=protected-access
+    for tensor in _all_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         path, offset, length = _external_location(tensor, base_dir, source)
@@ -289,7 +302,8 @@ def _conv_count(config) -> int:
 
 def _infer_backbone(walk: _Walk, input_name: str) -> str:
     """The EfficientNet variant whose stem width, head width and conv count the graph has."""
-    from dpiqa_jax.models.efficientnet import efficientnet_config  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.models.efficientnet import efficientnet_config
 
     convs = [n for n in walk.nodes if n.op_type == "Conv"]
     stems = [n for n in convs if n.input[0] == input_name]
@@ -511,7 +525,8 @@ def _unflatten_features(student: _Student, x: str, channels: int) -> str:
 
 def _nearest_resize(student: _Student, x: str, channels: int) -> tuple[str, int]:
     """torch's nearest `interpolate` (a Resize) or our export's two static Gathers."""
-    from dpiqa_jax.models.resize import nearest_source_indices  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.models.resize import nearest_source_indices
 
     walk = student.walk
     if walk.has_consumer(x, "Gather"):
