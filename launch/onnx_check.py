@@ -60,6 +60,8 @@ def check_import(workdir: str) -> None:
     torch.manual_seed(0)
     model = randomize_batch_norms(TorchAuthorsStudent("b7", side), seed=1,
                                   calibration_images=torch.from_numpy(nchw))
+    with torch.no_grad():
+        torch_score, torch_map = (t.numpy() for t in model(torch.from_numpy(nchw)))
     path = os.path.join(workdir, "student_model.onnx")
     start = time.perf_counter()
     export_like_the_authors(model, path, side)
@@ -77,11 +79,14 @@ def check_import(workdir: str) -> None:
     quality_map = np.asarray(quality_map).transpose(0, 3, 1, 2)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     score, onnx_map = session.run(None, {"input": nchw})
-    _report(step="scores", backbone=model_bundle.model_config["backbone"],
-            jax=raw.tolist(), onnxruntime=score[:, 0].tolist(),
-            score_max_abs_err=float(np.abs(raw - score[:, 0]).max()),
-            score_max_rel_err=float(np.abs(raw - score[:, 0]).max() / np.abs(score).max()),
-            map_max_rel_err=float(np.abs(quality_map - onnx_map).max() / np.abs(onnx_map).max()))
+    _report(step="scores", backbone=model_bundle.model_config["backbone"], jax=raw.tolist(),
+            onnxruntime=score[:, 0].tolist(), pytorch_eager=torch_score[:, 0].tolist())
+    for name, (ours, ours_map) in (("jax", (raw, quality_map)),
+                                   ("pytorch_eager", (torch_score[:, 0], torch_map))):
+        _report(step=f"{name} vs onnxruntime",
+                score_max_abs_err=float(np.abs(ours - score[:, 0]).max()),
+                score_max_rel_err=float(np.abs(ours - score[:, 0]).max() / np.abs(score).max()),
+                map_max_rel_err=float(np.abs(ours_map - onnx_map).max() / np.abs(onnx_map).max()))
 
 
 def _time(fn, steps: int) -> float:
