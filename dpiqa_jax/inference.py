@@ -40,7 +40,8 @@ def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = N
     * a bundle directory (`model.json` + `params.safetensors`: our own or a converted authors'
       checkpoint),
     * a training workdir: its `best_model/` bundle,
-    * a `.safetensors` file written by `launch.export --format safetensors`.
+    * a `.safetensors` file written by `launch.export --format safetensors`,
+    * an ONNX student file (the authors' or ours; converted in memory, needs `onnx`).
 
     `place` is applied to every variable as it is read, and `extras=False` skips the tensors the
     model does not use (see `bundle.load_bundle`).
@@ -61,8 +62,12 @@ def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = N
     if os.path.isfile(path):
         if path.endswith(".safetensors"):
             return bundle_lib.load_params_safetensors(path, place=place), path
-        raise bundle_lib.BundleError(f"{path}: expected a bundle directory, a training workdir "
-                                     f"or an exported .safetensors file")
+        # Imported here: the onnx package is needed only for ONNX files.
+        from dpiqa_jax.convert import onnx_student  # pylint: disable=import-outside-toplevel
+        if onnx_student.looks_like_onnx(path):
+            return onnx_student.onnx_student_bundle(path), path
+        raise bundle_lib.BundleError(f"{path}: expected a bundle directory, a training workdir, "
+                                     f"an exported .safetensors file or an ONNX student")
     raise FileNotFoundError(f"model not found: {path}")
 
 

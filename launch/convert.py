@@ -9,6 +9,8 @@ Checkpoints: torch pickles (.pth/.pt/.bin, read without torch) or .safetensors. 
 missing, unexpected or mis-shaped tensor is an error naming it. Tensors the model does not use
 (VAE decoder, QFD.bnc1, QFD.classifier_dist, BatchNorm counters) are kept in the bundle so
 `launch.export --format official` reproduces the checkpoint bit for bit.
+official-student also reads an ONNX student (the authors' student_model.onnx, recognised by its
+content; needs the onnx package), checked node by node; folded BatchNorms become identity + bias.
 --prompts: float32 [1485, 768] from `launch.embed_prompts` (its prompts.json sidecar, if present,
 is recorded). --sd_config_from: a diffusers directory whose unet/config.json and vae/config.json
 describe a teacher that is not SD 1.5-sized. --backbone: default inferred from the shapes.
@@ -23,6 +25,8 @@ import sys
 from absl import flags
 
 from dpiqa_jax import export
+from dpiqa_jax.convert import onnx_student
+
 from . import cli
 
 COMMANDS = ("official-teacher", "official-student")
@@ -80,6 +84,9 @@ def main(argv):
             out = export.import_official_teacher(
                 _CHECKPOINT.value, _PROMPTS.value, _OUT.value, sd_config_dir=_SD_CONFIG_FROM.value,
                 image_size=_IMAGE_SIZE.value)
+        elif onnx_student.looks_like_onnx(_CHECKPOINT.value):
+            out = onnx_student.import_onnx_student(_CHECKPOINT.value, _OUT.value,
+                                                   backbone=_BACKBONE.value)
         else:
             out = export.import_official_student(_CHECKPOINT.value, _OUT.value,
                                                  backbone=_BACKBONE.value,

@@ -1,5 +1,5 @@
-r"""Exports a model bundle as params-only safetensors, the authors' PyTorch layout, or a
-serialized jax.export program.
+r"""Exports a model bundle as params-only safetensors, the authors' PyTorch layout, a
+serialized jax.export program, or (a student) an ONNX file.
 
   python -m launch.export --checkpoint DIR --format safetensors --output model.safetensors
   python -m launch.export --checkpoint DIR --format official --output dpiqa.pth  # or .safetensors
@@ -16,6 +16,9 @@ official: the authors' state-dict layout (torch needed for .pth). A converted ch
 jax-export: weights baked in; input [B, H, W, 3] float32 in [0, 1] (B polymorphic unless
   --batch_size); outputs (score [B] on the MOS scale, quality map [B, 64, 64, 8] NHWC); described
   in OUT.json. Reload: jax.export.deserialize(open(OUT, 'rb').read()).call(images).
+onnx: a student with the authors' interface (input `input` [batch, 3, S, S] float32 RGB in
+  [0, 1], outputs `score` [batch, 1] = MOS / mos_scale and `map` [batch, 8, 64, 64]; the batch is
+  dynamic unless --batch_size), preprocessing and MOS scale in the model's metadata; float32 only.
 Exit status: 0 written, 1 the model cannot be exported so, 2 usage error.
 """
 
@@ -24,10 +27,11 @@ import sys
 from absl import flags
 import jax.numpy as jnp
 
-from dpiqa_jax import export, inference
+from dpiqa_jax import export, inference, onnx_export
+
 from . import cli
 
-FORMATS = ("safetensors", "official", "jax-export")
+FORMATS = ("safetensors", "official", "jax-export", "onnx")
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Bundle directory, training workdir or exported .safetensors.",
@@ -52,6 +56,11 @@ def _export(model_bundle) -> None:
         export.write_params_safetensors(model_bundle, _OUTPUT.value)
     elif _FORMAT.value == "official":
         export.export_official(model_bundle, _OUTPUT.value, omit_unused=_OMIT_UNUSED.value)
+    elif _FORMAT.value == "onnx":
+        if _PLATFORMS.value:
+            raise ValueError("--platforms applies to jax-export only")
+        onnx_export.export_onnx(model_bundle, _OUTPUT.value, batch_size=_BATCH_SIZE.value,
+                                dtype=_DTYPE.value, mos_scale=_MOS_SCALE.value)
     else:
         export.export_jax_program(model_bundle, _OUTPUT.value, batch_size=_BATCH_SIZE.value,
                                   dtype=jnp.dtype(_DTYPE.value), platforms=_PLATFORMS.value,

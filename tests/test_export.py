@@ -245,7 +245,7 @@ def test_cli_exports_each_format(student_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--format", "onnx"], 2, "flags parsing error"),
+    (["--format", "tflite"], 2, "flag --format=tflite"),
     (["--checkpoint", "/nonexistent", "--format", "official"], 2, "cannot load --checkpoint"),
     (["--format", "official", "stray"], 2, "unexpected arguments"),
 ])
