@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -22,8 +23,6 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from configs import student as student_configs
-from configs import teacher as teacher_configs
 from dpiqa_jax import demo_data, heatmap
 from dpiqa_jax.eval import protocol
 from dpiqa_jax.scorer import Scorer
@@ -61,15 +60,19 @@ def _common_overrides(config: ml_collections.ConfigDict, settings: DemoSettings,
     return config
 
 
-def teacher_config(settings: DemoSettings) -> ml_collections.ConfigDict:
-    config = _common_overrides(teacher_configs.get_config("tiny"), settings,
+def teacher_config(tiny: ml_collections.ConfigDict,
+                   settings: DemoSettings) -> ml_collections.ConfigDict:
+    """The demo's teacher run: the `tiny` teacher config with the demo's settings."""
+    config = _common_overrides(tiny.copy_and_resolve_references(), settings,
                                settings.teacher_steps)
     config.optimizer.learning_rate = 1e-3
     return config
 
 
-def student_config(settings: DemoSettings, teacher_dir: str) -> ml_collections.ConfigDict:
-    config = _common_overrides(student_configs.get_config("tiny"), settings,
+def student_config(tiny: ml_collections.ConfigDict, settings: DemoSettings,
+                   teacher_dir: str) -> ml_collections.ConfigDict:
+    """The demo's student run: the `tiny` student config distilled from `teacher_dir`."""
+    config = _common_overrides(tiny.copy_and_resolve_references(), settings,
                                settings.student_steps)
     config.teacher_checkpoint = teacher_dir
     config.optimizer.learning_rate = 1e-3
@@ -144,15 +147,22 @@ Scatter plots: `teacher_test/scatter.png`, `student_test/scatter.png`; quality m
 """
 
 
-def run_demo(out: str, settings: DemoSettings = DemoSettings()) -> dict[str, Any]:
-    """Trains teacher then student into `out`, evaluates both, writes the report; returns metrics."""
+def run_demo(out: str, tiny_configs: Mapping[str, ml_collections.ConfigDict],
+             settings: DemoSettings = DemoSettings()) -> dict[str, Any]:
+    """Trains teacher then student into `out`, evaluates both, writes the report; returns metrics.
+
+    `tiny_configs`: the `tiny` training configs {"teacher": ..., "student": ...} (the launcher
+    reads them from configs/), which the demo's settings override.
+    """
     started = time.time()
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     logging.info("demo: training the tiny teacher (random-init miniature SD, not pretrained)")
-    teacher = run.train(teacher_config(settings), os.path.join(out, "teacher"))
+    teacher = run.train(teacher_config(tiny_configs["teacher"], settings),
+                        os.path.join(out, "teacher"))
     logging.info("demo: distilling the EfficientNet-Lite0 student (ImageNet weights)")
-    student = run.train(student_config(settings, teacher.best_model_dir),
+    student = run.train(student_config(tiny_configs["student"], settings,
+                                       teacher.best_model_dir),
                         os.path.join(out, "student"))
     metrics: dict[str, Any] = {
         "teacher": _copy_evaluation(os.path.join(out, "teacher"), out, "teacher"),

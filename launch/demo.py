@@ -32,7 +32,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     settings = demo.DemoSettings(image_size=_IMAGE_SIZE.value, teacher_steps=_TEACHER_STEPS.value,
                                  student_steps=_STUDENT_STEPS.value, seed=_SEED.value)
-    metrics = demo.run_demo(_OUT.value, settings)
+    tiny_configs = {kind: cli.config_module(kind).get_config("tiny")
+                    for kind in ("teacher", "student")}
+    metrics = demo.run_demo(_OUT.value, tiny_configs, settings)
     for name in ("teacher", "student"):
         logging.info("%s on held-out photos: SRCC %.3f PLCC %.3f", name,
                      metrics[name]["srcc"], metrics[name]["plcc"])
