@@ -95,7 +95,9 @@ def _abstract_variables(module: Any, *args: Any, **kwargs: Any) -> dict[str, Any
 
 
 def _source_metadata(kind: str, checkpoint: str) -> dict[str, Any]:
-    return {"format": kind, "checkpoint": os.path.abspath(checkpoint),
+    # The file name and its digest identify the source; an absolute path would only name the
+    # machine the bundle was made on.
+    return {"format": kind, "checkpoint": os.path.basename(checkpoint),
             "sha256": file_sha256(checkpoint)}
 
 
@@ -184,7 +186,7 @@ def read_prompt_embeddings(path: str, text_dim: int) -> tuple[np.ndarray, dict[s
     """
     from dpiqa_jax.prompts import read_prompt_array  # pylint: disable=import-outside-toplevel
     embeddings = read_prompt_array(path, dim=text_dim)
-    record: dict[str, Any] = {"path": os.path.abspath(path), "sha256": file_sha256(path),
+    record: dict[str, Any] = {"path": os.path.basename(path), "sha256": file_sha256(path),
                               "shape": list(embeddings.shape)}
     sidecar = os.path.splitext(path)[0] + ".json"
     if os.path.isfile(sidecar):

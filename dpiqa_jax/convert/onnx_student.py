@@ -717,7 +717,7 @@ def onnx_student_bundle(path: str, *, backbone: str | None = None) -> Any:
         jax.random.key(0), jnp.zeros((1, side, side, 3)), train=False))
     variables = student_official_to_flax(student.state_dict, target, source=source)
     scale = _mos_scale(student, source)
-    metadata = {"source": {"format": ONNX_FORMAT, "checkpoint": os.path.abspath(source),
+    metadata = {"source": {"format": ONNX_FORMAT, "checkpoint": os.path.basename(source),
                            "sha256": _sha256(source)},
                 "mos_scale": scale, "score_range": [0.0, scale], "image_size": side,
                 "batch_norm": ("folded into the convolutions: identity BatchNorm + bias"
