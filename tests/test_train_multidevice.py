@@ -100,22 +100,28 @@ def _l2(tree_a: dict, tree_b: dict) -> float:
                              for n in tree_a)))
 
 
-# Not rounding: on data=4 x fsdp=2 the student's step-1 gradient norm is 14.1053 against 14.0674
-# on one device (2.7e-3 relative) while the step-1 losses agree to 3e-7, and the sharded run's
-# figures are bit-identical on a 2-core Intel and a 2-core AMD EPYC machine. data=4 x fsdp=1 gives
-# the same 14.106, while data=2 x fsdp=1 and data=1 x fsdp=2 agree with one device to 2e-6: the
-# difference comes with 4-way data sharding (2 images per device). A fixed 1e-5 loss bound hid this behind the later steps' losses.
-SHARDED_STUDENT_GRADIENT_DIFFERS = ("the sharded student's step-1 gradient differs from one "
-                                    "device's by 2.7e-3 of its norm, beyond rounding")
+# Why the student is compared on its forward pass only: its backbone (EfficientNet-Lite0) uses
+# ReLU6, whose gradient jumps at 0 and 6. The sharded forward pass sums the BatchNorm statistics in
+# another order (about 1e-5 apart), and a pre-activation that lands within that distance of a kink
+# gets gradient 1 in one run and 0 in the other. Measured on this test's first batch with
+# data=4 x fsdp=2: exactly one such element, in the head conv's BatchNorm output [8, 2, 2, 1280]
+# (+1.9e-5 on one device, -1.5e-5 sharded), and with only 32 values per channel that one flip moves
+# the step-1 gradient by 3.6e-3 of its norm and the later steps far more. With the ReLU6 gradient
+# moved 1e-4 away from its kinks in both runs the gradients agree to 6.5e-6 of the norm, so the
+# difference is rounding turned discontinuous, not a sharding error; whether a flip happens
+# depends on the CPU's summation order, so no gradient bound would hold everywhere. The teacher's
+# activations are smooth and it is compared in full.
+KINKED_ACTIVATIONS = {"teacher": False, "student": True}
 
 
 def test_sharded_run_matches_one_device(comparison, request):
-    if request.node.callspec.params["comparison"] == "student":
-        request.applymarker(pytest.mark.xfail(strict=True,
-                                              reason=SHARDED_STUDENT_GRADIENT_DIFFERS))
     report, states = comparison
     assert report["devices"] == [1, 8]
     losses, norms = report["losses_single"], report["grad_norms_single"]
+    if KINKED_ACTIVATIONS[request.node.callspec.params["comparison"]]:
+        # The first step's loss is the forward pass of identical weights on the same batch.
+        assert abs(report["losses_sharded"][0] - losses[0]) <= FORWARD_RTOL * abs(losses[0])
+        return
     loss_errors = np.abs(np.subtract(report["losses_sharded"], losses))
     assert np.all(loss_errors <= loss_tolerances(losses, norms)), (
         loss_errors, loss_tolerances(losses, norms))
