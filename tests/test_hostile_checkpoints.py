@@ -159,7 +159,7 @@ def _cli_refuses(path, *patterns: str, command: str = "official-student", extra=
                  named=None) -> str:
     """`launch.convert` on `path`: exit 1, one line naming `named` (default: the checkpoint)."""
     completed = run_module("launch.convert", command, "--checkpoint", str(path),
-                           "--out", str(path) + ".bundle", *extra)
+                           "--output", str(path) + ".bundle", *extra)
     assert completed.returncode == 1, completed.stderr
     assert "Traceback" not in completed.stderr, completed.stderr
     line = completed.stderr.strip()

@@ -178,8 +178,8 @@ def test_output_format_follows_the_extension_unless_given():
     ([], "no inputs"),
     (["--output", "/nonexistent/dir/s.csv", "a.png"], "directory does not exist"),
     (["--checkpoint", "/nonexistent/model", "a.png"], "cannot load --checkpoint"),
-    (["--batch_size=0", "a.png"], "flags parsing error"),
-    (["--format", "xml", "a.png"], "flags parsing error"),
+    (["--batch_size=0", "a.png"], "flag --batch_size=0"),
+    (["--format", "xml", "a.png"], "flag --format=xml"),
 ])
 def test_usage_errors_exit_2(student_dir, args, message):
     if "--checkpoint" not in args:
