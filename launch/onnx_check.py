@@ -5,15 +5,16 @@ r"""Full-size ONNX checks run by hand (dev only: needs torch, onnx and onnxrunti
   # CPU student inference: JAX, PyTorch eager and ONNX Runtime (our export), same threads
   python -m launch.onnx_check --mode=benchmark --workdir=/tmp/onnx_bench
 
-Both print one JSON line per result. Heavy (B7 at 512: several GB, minutes): run under the
-machine's heavy-job lock.
+Both print one JSON line per result. Heavy (B7 at 512: several GB, minutes).
 """
 
 import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
+
+from . import cli
 
 MODES = ("import", "benchmark")
 _MODE = flags.DEFINE_enum("mode", None, list(MODES), "What to check.", required=True)
@@ -189,4 +190,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
