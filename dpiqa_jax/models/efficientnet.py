@@ -237,8 +237,12 @@ class TorchBatchNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """x: [..., C] -> [..., C]; statistics over all but the last axis."""
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """x: [B, ..., C] -> [B, ..., C]; statistics over all but the last axis.
+
+        `mask` [B] (training only): the statistics count only the images where it is True, so a
+        batch padded to a fixed size normalises as torch does its smaller last batch.
+        """
         channels = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
@@ -247,15 +251,14 @@ class TorchBatchNorm(nn.Module):
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), self.param_dtype)
         x32 = x.astype(jnp.float32)
         if train:
-            count = x.size // channels
-            if count < 2:
+            if x.size // channels < 2:
                 raise ValueError(f"BatchNorm in training needs more than 1 value per channel, "
                                  f"got input shape {x.shape}")
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x32, axis=axes)
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            mean, var, count = _batch_moments(x32, mask)
             if not self.is_initializing():
-                unbiased = var * (count / (count - 1))
+                # A mask keeping a single 1x1 image would divide by zero; torch refuses that
+                # batch, a jitted step cannot, so the correction is capped there instead.
+                unbiased = var * (count / jnp.maximum(count - 1, 1))
                 running_mean.value = self._blend(running_mean.value, mean)
                 running_var.value = self._blend(running_var.value, unbiased)
         else:
@@ -267,6 +270,21 @@ class TorchBatchNorm(nn.Module):
     def _blend(self, running: jax.Array, batch: jax.Array) -> jax.Array:
         new = self.momentum * running.astype(jnp.float32) + (1.0 - self.momentum) * batch
         return new.astype(running.dtype)
+
+
+def _batch_moments(x: jax.Array, mask: jax.Array | None
+                   ) -> tuple[jax.Array, jax.Array, jax.Array | int]:
+    """Per-channel mean and biased variance of x [B, ..., C] over the images `mask` [B] keeps
+    (all when None), and how many values each channel's statistics counted."""
+    axes = tuple(range(x.ndim - 1))
+    if mask is None:
+        mean = jnp.mean(x, axis=axes)
+        return mean, jnp.mean(jnp.square(x - mean), axis=axes), x.size // x.shape[-1]
+    weights = mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    count = jnp.sum(weights) * (x[0].size // x.shape[-1])
+    mean = jnp.sum(x * weights, axis=axes) / count
+    var = jnp.sum(jnp.square(x - mean) * weights, axis=axes) / count
+    return mean, var, count
 
 
 def _conv_padding(kernel_size: int, mode: str) -> str | tuple[tuple[int, int], ...]:
@@ -297,7 +315,8 @@ class _EfficientNetLayers(nn.Module):
         return _ACTIVATIONS[self.config.activation](x)
 
     def _conv_bn(self, x: jax.Array, name: str, features: int, kernel_size: int, train: bool, *,
-                 stride: int = 1, groups: int = 1, activate: bool = True) -> jax.Array:
+                 stride: int = 1, groups: int = 1, activate: bool = True,
+                 mask: jax.Array | None = None) -> jax.Array:
         """torchvision `Conv2dNormActivation`: `{name}_0` conv (no bias), `{name}_1` BatchNorm."""
         padding = _conv_padding(kernel_size, self.config.padding)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_0")
@@ -313,7 +332,7 @@ class _EfficientNetLayers(nn.Module):
                              f"inputs and {features} outputs; only depthwise is supported")
         x = TorchBatchNorm(momentum=1.0 - self.config.bn_momentum, epsilon=self.config.bn_eps,
                            dtype=self.dtype, param_dtype=self.param_dtype,
-                           name=f"{name}_1")(x, train)
+                           name=f"{name}_1")(x, train, mask)
         return self._activation(x) if activate else x
 
 
@@ -346,24 +365,25 @@ class MBConv(_EfficientNetLayers):
     block: BlockConfig = dataclasses.field(kw_only=True)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """x: [B, H, W, in] -> [B, H / stride, W / stride, out]."""
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """x: [B, H, W, in] -> [B, H / stride, W / stride, out]; `mask` as `TorchBatchNorm`'s."""
         block = self.block
         expanded = block.expanded_channels
         layer = 0
         h = x
         if expanded != block.in_channels:
-            h = self._conv_bn(h, f"block_{layer}", expanded, 1, train)
+            h = self._conv_bn(h, f"block_{layer}", expanded, 1, train, mask=mask)
             layer += 1
         h = self._conv_bn(h, f"block_{layer}", expanded, block.kernel_size, train,
-                          stride=block.stride, groups=expanded)
+                          stride=block.stride, groups=expanded, mask=mask)
         layer += 1
         if self.config.squeeze_excitation:
             h = SqueezeExcitation(max(1, block.in_channels // 4), self._activation,
                                   dtype=self.dtype, param_dtype=self.param_dtype,
                                   name=f"block_{layer}")(h)
             layer += 1
-        h = self._conv_bn(h, f"block_{layer}", block.out_channels, 1, train, activate=False)
+        h = self._conv_bn(h, f"block_{layer}", block.out_channels, 1, train, activate=False,
+                          mask=mask)
         if block.has_residual:
             h = _stochastic_depth(self, h, block.stochastic_depth_prob, train) + x
         return h
@@ -378,18 +398,22 @@ class EfficientNet(_EfficientNetLayers):
     """
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """x: [B, H, W, 3] (normalised as the weights expect) -> [B, H/32, W/32, head_channels]."""
-        return self._features(x, train)
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """x: [B, H, W, 3] (normalised as the weights expect) -> [B, H/32, W/32, head_channels].
 
-    def _features(self, x: jax.Array, train: bool) -> jax.Array:
+        `mask` [B]: in training, the images that count in the batch statistics (None: all).
+        """
+        return self._features(x, train, mask)
+
+    def _features(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
         config = self.config
-        x = self._conv_bn(x, "features_0", config.stem_channels, 3, train, stride=2)
+        x = self._conv_bn(x, "features_0", config.stem_channels, 3, train, stride=2, mask=mask)
         for stage_index, blocks in enumerate(config.blocks(), start=1):
             for block_index, block in enumerate(blocks):
                 x = MBConv(config, block=block, dtype=self.dtype, param_dtype=self.param_dtype,
-                           name=f"features_{stage_index}_{block_index}")(x, train)
-        return self._conv_bn(x, f"features_{config.head_index}", config.head_channels, 1, train)
+                           name=f"features_{stage_index}_{block_index}")(x, train, mask)
+        return self._conv_bn(x, f"features_{config.head_index}", config.head_channels, 1, train,
+                             mask=mask)
 
 
 class ImageNetClassifier(EfficientNet):

@@ -95,12 +95,15 @@ class Student(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
         """Scores images.
 
         Args:
           x: [B, H, W, 3] RGB in [0, 1] (no mean/std, as the authors).
           train: batch statistics and stochastic depth (needs the 'dropout' rng) when True.
+          mask: [B] bool, in training: the images that count in the batch statistics (a padded
+            batch's real images); None counts all.
 
         Returns:
           score [B] (predicts MOS / 100) and the quality map [B, map_size, map_size, map_channels].
@@ -110,7 +113,7 @@ class Student(nn.Module):
         if not config.stochastic_depth:
             backbone = dataclasses.replace(backbone, stochastic_depth_prob=0.0)
         features = EfficientNet(backbone, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name="base_model")(x, train)
+                                param_dtype=self.param_dtype, name="base_model")(x, train, mask)
         quality_map = nn.relu(TorchConvTranspose2d(config.map_channels, dtype=self.dtype,
                                                    param_dtype=self.param_dtype,
                                                    name="conv_transpose")(features))

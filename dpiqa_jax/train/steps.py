@@ -224,11 +224,13 @@ def make_student_update(module: Student, optimizer: optax.GradientTransformation
         else:
             target_map = teacher_maps(frozen["teacher"], frozen["prompts"], batch["image"], key)
 
+        mask = batch.get("mask")
+
         def loss_fn(params: Params) -> tuple[jax.Array, tuple[Params, Metrics]]:
             (score, quality_map), mutated = module.apply(
                 {"params": compute_copy(params, module.dtype), "batch_stats": state.batch_stats},
-                batch["image"], train=True, mutable=["batch_stats"], rngs={DROPOUT_RNG: key})
-            mask = batch.get("mask")
+                batch["image"], train=True, mask=mask, mutable=["batch_stats"],
+                rngs={DROPOUT_RNG: key})
             terms = {"score_loss": masked_mse(score, batch["mos_normalized"], mask),
                      "map_loss": masked_mse(quality_map, target_map, mask)}
             loss = score_weight * terms["score_loss"] + map_weight * terms["map_loss"]
