@@ -113,7 +113,10 @@ def train_torch(model: torch.nn.Module, loss_fn: LossFn, batches: Sequence[Batch
         model's copies would not fit in memory beside it).
     """
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, eps=adam_eps)
+    # The per-tensor implementation: the same update as the multi-tensor one that CUDA picks by
+    # default, without its whole-model temporaries (a full-size UNet's would not fit in 24 GB).
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, eps=adam_eps,
+                                 foreach=False)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestone_epochs),
                                                      gamma=LR_GAMMA)
     losses, learning_rates, first_grads = [], [], {}

@@ -398,6 +398,8 @@ def _teacher_jax_side(setup, config, initial, prompts, batches, torch_losses, fi
             ml_collections.ConfigDict({"freeze_unet": False})))
     del variables
     names = _TeacherNames(trainable, frozen, extras, {n: a.shape for n, a in initial.items()})
+    # On the device now, so that the host copy is freed before the optimizer state joins it.
+    trainable = jax.device_put(trainable)
     schedule, optimizer = _schedule_and_optimizer("teacher")
     update = jax.jit(steps_lib.make_teacher_update(module, optimizer, schedule, seed=setup.seed),
                      donate_argnums=0)
@@ -474,7 +476,9 @@ def _run_ours(model, setup, update, state, frozen, batches, torch_losses, first_
         losses.append(float(metrics["loss"]))
         if step == 1:
             mu, _ = adam_moments(state.opt_state)
-            grads = {n: g / (1.0 - b1) for n, g in to_torch(mu).items()}
+            grads = to_torch(mu)
+            for name in grads:  # one tensor at a time: a full-size copy would not fit
+                grads[name] = grads[name] / (1.0 - b1)
             yield compare_tensors(model, 1, "grad", grads, _restricted(first_grads, grads),
                                   GRAD_RTOL, "norm")
             yield from compare_untrained(model, first_grads, grads)
@@ -485,11 +489,13 @@ def _run_ours(model, setup, update, state, frozen, batches, torch_losses, first_
     params = to_torch(state.params)
     yield compare_tensors(model, setup.steps, "param_update", params,
                           _restricted(final["params"], params), PARAM_LR_TOL, "lr", lr_total)
+    del params
     for quantity, moment in zip(("adam_mu", "adam_nu"), adam_moments(state.opt_state)):
         ours = to_torch(moment)
         yield compare_tensors(model, setup.steps, quantity, ours,
                               _restricted(final[quantity[5:]], ours),
                               MU_RTOL if quantity == "adam_mu" else NU_RTOL, "norm")
+        del ours
     return state
 
 
