@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dpiqa_jax import bundle
-from test_scorer import STUDENT_CONFIG, default_metadata, student_variables
+
+from helpers import STUDENT_CONFIG, default_metadata, student_variables
 
 
 @dataclasses.dataclass(frozen=True)

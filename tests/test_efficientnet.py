@@ -18,8 +18,14 @@ from PIL import Image
 from dpiqa_jax.convert import efficientnet as convert
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError, read_state_dict_file
 from dpiqa_jax.models.efficientnet import (
-    BlockConfig, EfficientNet, EfficientNetConfig, ImageNetClassifier, MBConv, StageConfig,
-    efficientnet_config)
+    BlockConfig,
+    EfficientNet,
+    EfficientNetConfig,
+    ImageNetClassifier,
+    MBConv,
+    StageConfig,
+    efficientnet_config,
+)
 from dpiqa_jax.reference.torch_models import TorchEfficientNet, TorchMBConv
 
 # `num_params` of torchvision's efficientnet_b0..b7 weights (torchvision/models/efficientnet.py).

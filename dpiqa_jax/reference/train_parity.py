@@ -40,8 +40,8 @@ from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
 from dpiqa_jax.reference import torch_models, torch_train
-from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
-from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
+from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig, tiny_unet_config
+from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig, tiny_vae_config
 from dpiqa_jax.train import models, optim
 from dpiqa_jax.train import state as state_lib
 from dpiqa_jax.train import steps as steps_lib
@@ -61,21 +61,9 @@ DEFAULT_RES = {("teacher", "tiny"): 64, ("teacher", "sd15"): 64, ("student", "ti
                ("student", "sd15"): 512}
 NUM_PROMPTS = 5
 
-_TINY_CHANNELS = [16, 32, 32, 32]
-TINY_UNET: dict[str, Any] = {
-    "in_channels": 4, "out_channels": 4, "block_out_channels": _TINY_CHANNELS,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                         "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                       "CrossAttnUpBlock2D"],
-    "layers_per_block": 1, "attention_head_dim": 4, "cross_attention_dim": 16,
-    "norm_num_groups": 8,
-}
-TINY_VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 16, 16, 16],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": 0.18215,
-}
+_TINY_CHANNELS = (16, 32, 32, 32)
+TINY_UNET = tiny_unet_config(_TINY_CHANNELS, 16, attention_head_dim=4, norm_num_groups=8)
+TINY_VAE = tiny_vae_config((8, 16, 16, 16))
 TINY_STUDENT = StudentConfig(backbone="b0", map_size=8, map_channels=4, hidden=16,
                              stochastic_depth=False)
 FULL_STUDENT = StudentConfig(stochastic_depth=False)

@@ -20,8 +20,14 @@ import jax.numpy as jnp
 
 from dpiqa_jax.convs import conv2d
 from dpiqa_jax.sd.attention import AttentionKernel, Transformer2DModel, TransformerSettings
-from dpiqa_jax.sd.layers import (Downsample2D, GroupNorm, ResnetBlock2D, TimestepEmbedding,
-                                 Upsample2D, timestep_embedding)
+from dpiqa_jax.sd.layers import (
+    Downsample2D,
+    GroupNorm,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Upsample2D,
+    timestep_embedding,
+)
 
 Dtype = jnp.dtype
 
@@ -52,6 +58,17 @@ SD15_UNET_CONFIG: Mapping[str, Any] = types.MappingProxyType({
     "sample_size": 64,
     "up_block_types": (PLAIN_UP, CROSS_ATTN_UP, CROSS_ATTN_UP, CROSS_ATTN_UP),
 })
+
+
+def tiny_unet_config(channels: Sequence[int], cross_attention_dim: int, *,
+                     layers_per_block: int = 1, attention_head_dim: int = 2,
+                     norm_num_groups: int = 4) -> dict[str, Any]:
+    """SD 1.5's UNet config (diffusers keys) at toy widths: the same blocks, attention and
+    embeddings with `channels` per level, for tests, parity checks and the tiny variants."""
+    return dict(SD15_UNET_CONFIG, block_out_channels=tuple(channels),
+                cross_attention_dim=cross_attention_dim, layers_per_block=layers_per_block,
+                attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups)
+
 
 # diffusers config keys that carry no architecture (besides any key starting with "_").
 _BOOKKEEPING_KEYS = frozenset({"sample_size"})
