@@ -31,7 +31,7 @@ import sys
 import jax
 from absl import app, flags
 
-from dpiqa_jax.sd import parity
+from dpiqa_jax.dev import sd_parity
 
 from . import cli
 
@@ -51,7 +51,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and batches of a --
 
 def _forward_parity() -> bool:
     failed = False
-    for result in parity.run_parity(_SIZE.value, _RES.value or 64, _SD.value, _BATCH.value):
+    for result in sd_parity.run_parity(_SIZE.value, _RES.value or 64, _SD.value, _BATCH.value):
         print(result.to_json(), flush=True)
         failed |= result.failed()
     return failed

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from dpiqa_jax import benchmark
+from dpiqa_jax.dev import benchmark
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COMMON_KEYS = {"measurement", "framework", "batch", "resolution", "img_per_s", "step_ms",

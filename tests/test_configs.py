@@ -11,8 +11,8 @@ from ml_collections import config_flags
 from configs import common
 from configs import student as student_configs
 from configs import teacher as teacher_configs
-from dpiqa_jax.eval.multi_split import SplitRef
 from dpiqa_jax.train import run
+from dpiqa_jax.train.multi_split import SplitRef
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_MODULES = {"teacher": teacher_configs, "student": student_configs}

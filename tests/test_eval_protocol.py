@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from dpiqa_jax.data import images, sources, splits
-from dpiqa_jax.eval import aggregate, metrics, multi_split, protocol
+from dpiqa_jax.eval import aggregate, metrics, protocol
 from dpiqa_jax.eval import rows as rows_lib
+from dpiqa_jax.train import multi_split
 
 import helpers
 

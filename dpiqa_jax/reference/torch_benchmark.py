@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpiqa_jax import benchmark
+from dpiqa_jax.dev import benchmark
 from dpiqa_jax.reference import torch_models
 
 

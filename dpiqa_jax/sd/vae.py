@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import conv2d
+from dpiqa_jax.primitives.convs import conv2d
 from dpiqa_jax.sd.attention import SpatialSelfAttention
 from dpiqa_jax.sd.layers import GroupNorm, ResnetBlock2D
 from dpiqa_jax.sd.unet import DownBlock2D

@@ -48,14 +48,13 @@ from jax.sharding import Mesh, PartitionSpec
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.data import pipeline, sources
 from dpiqa_jax.eval import metrics as metrics_lib
-from dpiqa_jax.eval import protocol
-from dpiqa_jax.eval import test_selection
+from dpiqa_jax.eval import protocol, test_selection
 from dpiqa_jax.train import checkpoint as checkpoint_lib
 from dpiqa_jax.train import console, inputs, models, optim, sharding, steps
-from dpiqa_jax.train import workdir as workdir_lib
-from dpiqa_jax.train.tasks import Task, build_task
 from dpiqa_jax.train import logging as train_logging
+from dpiqa_jax.train import workdir as workdir_lib
 from dpiqa_jax.train.state import Params, TrainState, create_train_state
+from dpiqa_jax.train.tasks import Task, build_task
 
 BEST_MODEL_DIR = "best_model"
 TEST_EVAL_DIR = "test_eval"
@@ -68,7 +67,7 @@ class NonFiniteError(FloatingPointError):
 
 
 def config_for_split(config: ml_collections.ConfigDict, split: Any) -> ml_collections.ConfigDict:
-    """A copy of `config` reading `split` (a `dpiqa_jax.eval.multi_split.SplitRef`)."""
+    """A copy of `config` reading `split` (a `dpiqa_jax.train.multi_split.SplitRef`)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.dataset = split.dataset
     config.data.split_file = os.fspath(split.split_file)
@@ -522,6 +521,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, split: Any,
                        workdir: str | os.PathLike) -> str:
     """Trains on one split (`SplitRef`: dataset, split_file, split key); returns the bundle dir.
 
-    The entry point of dpiqa_jax.eval.multi_split (launch/run_splits.py).
+    The entry point of dpiqa_jax.train.multi_split (launch/run_splits.py).
     """
     return train(config_for_split(config, split), os.fspath(workdir)).best_model_dir

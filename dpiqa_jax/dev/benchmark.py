@@ -47,12 +47,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dpiqa_jax.dev.sd_parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
 from dpiqa_jax.sd.attention import AttentionKernel
-from dpiqa_jax.sd.parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
 from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
 from dpiqa_jax.train import models, optim, steps
