@@ -331,8 +331,11 @@ def official_state_dict(model_bundle: bundle_lib.Bundle, *,
     (the file then loads in their code only with `strict=False`).
     """
     # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.convert.dpiqa import (is_unused_teacher_key, official_teacher_shapes,
-                                         teacher_flax_to_official)
+    from dpiqa_jax.convert.dpiqa import (
+        is_unused_teacher_key,
+        official_teacher_shapes,
+        teacher_flax_to_official,
+    )
     from dpiqa_jax.convert.efficientnet import student_flax_to_official
 
     layout = model_bundle.metadata.get("official_layout")

@@ -41,7 +41,8 @@ _RES = flags.DEFINE_integer("res", None, "Image side in pixels (latent side is r
 _BATCH = flags.DEFINE_integer("batch_size", 2, "Images per batch (the context is broadcast).",
                               lower_bound=1)
 cli.rename("batch", "batch_size")
-_SD = flags.DEFINE_string("sd", None, "A real SD 1.5 diffusers directory instead of random weights.")
+_SD = flags.DEFINE_string("sd", None,
+                          "A real SD 1.5 diffusers directory instead of random weights.")
 _TRAIN = flags.DEFINE_enum("train", None, ["teacher", "student"],
                            "Compare training steps of this model instead of forward passes.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Optimizer steps of a --train comparison (more than "

@@ -49,7 +49,8 @@ class LayoutTransform:
 
 
 def flax_path_for_torch_key(key: str) -> FlatPath:
-    """`a.b.0.c.1.2.weight` -> ('a', 'b_0', 'c_1_2', 'weight'): numbers join the name before them."""
+    """`a.b.0.c.1.2.weight` -> ('a', 'b_0', 'c_1_2', 'weight'): numbers join the name
+    before them."""
     path: list[str] = []
     for part in key.split("."):
         if part.isdigit() and path:
@@ -183,7 +184,7 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, Array]:
 
 
 def read_state_dict_file(path: str | os.PathLike) -> dict[str, Array]:
-    """A state dict from .safetensors (no torch needed) or a torch pickle, errors naming the file."""
+    """A state dict from .safetensors (no torch needed) or a torch pickle; errors name the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file not found: {path}")

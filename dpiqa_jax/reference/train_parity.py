@@ -1,4 +1,4 @@
-"""Train-step parity: the authors' PyTorch training loop and ours, from the same weights and batches.
+"""Train-step parity: the authors' PyTorch training loop and ours, same weights and batches.
 
 Dev only (imports torch). The torch model is built with random, perturbed weights
 (`dpiqa_jax.reference.torch_models`), converted to our variables with the checkpoint converters,

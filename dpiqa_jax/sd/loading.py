@@ -150,7 +150,8 @@ def load_vae_encoder(sd_dir: str, *, dtype: Any = jnp.float32, param_dtype: Any 
 
 def load_clip_text_encoder(directory: str, *, dtype: Any = jnp.float32, param_dtype: Any = None,
                            sharding: Any = None) -> tuple[CLIPTextEncoder, Params]:
-    """The CLIP text transformer from a transformers directory (SD's `text_encoder/` or a CLIP model).
+    """The CLIP text transformer from a transformers directory (SD's `text_encoder/`, or a CLIP
+    model).
 
     The projection head is built when the checkpoint holds `text_projection.weight`.
     """

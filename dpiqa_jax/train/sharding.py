@@ -143,7 +143,8 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
 def place(tree: Any, shardings: Any) -> Any:
     """Puts host arrays (numpy, identical on every process) onto the mesh."""
     return jax.tree.map(
-        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index: np.asarray(x)[index]),
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s,
+                                                  lambda index: np.asarray(x)[index]),
         tree, shardings)
 
 
