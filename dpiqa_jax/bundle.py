@@ -30,7 +30,14 @@ import typing
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from dpiqa_jax.models.student import Student, StudentConfig
+from dpiqa_jax.models.teacher import Teacher, TeacherConfig
 
 FORMAT = "dpiqa_jax.bundle"
 PARAMS_FORMAT = "dpiqa_jax.params"
@@ -81,11 +88,8 @@ class Bundle:
 
 def build_model(kind: str, config: Any, **module_kwargs: Any):
     """The Flax module of `kind` for its config dataclass."""
-    # pylint: disable=import-outside-toplevel
     if kind == "teacher":
-        from dpiqa_jax.models.teacher import Teacher
         return Teacher(config=config, **module_kwargs)
-    from dpiqa_jax.models.student import Student
     return Student(config=config, **module_kwargs)
 
 
@@ -95,8 +99,6 @@ def build_model(kind: str, config: Any, **module_kwargs: Any):
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str] | None = None) -> None:
     """Writes tensors in the safetensors format (any numpy dtype it names, bf16 included)."""
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-
     # ascontiguousarray makes 0-d arrays 1-d; the reshape keeps them 0-d.
     arrays = {name: np.ascontiguousarray(value).reshape(np.shape(value))
               for name, value in tensors.items()}
@@ -121,7 +123,6 @@ _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
 def _safe_open(path: str):
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     try:
         return safe_open(path, framework="numpy")
     except Exception as err:  # safetensors raises its own error types for corrupt headers
@@ -218,9 +219,6 @@ def unflatten_variables(flat: Mapping[str, Any]) -> dict[str, Any]:
 def expected_variables(kind: str, config: Any, image_size: int) -> dict[str, TensorSpec]:
     """Flat name -> shape (and float-ness) of the variables the model initialises: what a bundle
     of this kind and config must hold, exactly. Shapes come from `jax.eval_shape`, no compute."""
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
     module = build_model(kind, config)
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     if kind == "teacher":
@@ -514,11 +512,8 @@ def _tupled(value: Any) -> Any:
 
 
 def model_config_from_dict(kind: str, data: Mapping[str, Any]) -> Any:
-    # pylint: disable=import-outside-toplevel
     if kind == "teacher":
-        from dpiqa_jax.models.teacher import TeacherConfig
         return dataclass_from_dict(TeacherConfig, data)
     if kind == "student":
-        from dpiqa_jax.models.student import StudentConfig
         return dataclass_from_dict(StudentConfig, data)
     raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")

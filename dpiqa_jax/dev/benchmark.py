@@ -46,7 +46,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
+from dpiqa_jax import bundle, scorer
 from dpiqa_jax.dev.sd_parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
@@ -541,9 +543,6 @@ def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
 
 def random_bundle(kind: str, size: BenchmarkSize, directory: str, seed: int) -> str:
     """A bundle of random weights (`random_variables`) of the size's teacher or student."""
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax import bundle
-
     images = jnp.zeros((1, size.resolution, size.resolution, 3), jnp.float32)
     metadata = {"mos_scale": 100.0, "image_size": size.resolution}
     if kind == "teacher":
@@ -560,8 +559,6 @@ def random_bundle(kind: str, size: BenchmarkSize, directory: str, seed: int) -> 
 
 
 def _random_pngs(size: BenchmarkSize, count: int, directory: str, seed: int) -> list[str]:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     pixels = random_inputs(size, count, seed)["image"]
     paths = []
     for index, image in enumerate(pixels):
@@ -574,9 +571,6 @@ def _random_pngs(size: BenchmarkSize, count: int, directory: str, seed: int) -> 
 def measure_scoring(measurement: str, size: BenchmarkSize, batch: int, steps: int, warmup: int,
                     seed: int, directory: str) -> Record:
     """`Scorer.score_files` on `batch` PNG files per step, a random bundle loaded from disk."""
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax import scorer
-
     if measurement not in SCORING_MEASUREMENTS:
         raise ValueError(f"unknown scoring measurement {measurement!r}; expected one of "
                          f"{SCORING_MEASUREMENTS}")

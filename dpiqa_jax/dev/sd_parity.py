@@ -74,6 +74,7 @@ def _nhwc(tensor) -> np.ndarray:
 
 def build_reference_pipeline(size: str, directory: str, seed: int = 0) -> None:
     """Writes random-weight UNet, VAE and CLIP text encoder in the diffusers pipeline layout."""
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import diffusers  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
@@ -101,6 +102,7 @@ def build_reference_pipeline(size: str, directory: str, seed: int = 0) -> None:
 
 
 def _unet_reference(sd_dir: str, latents, context, residuals):
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import diffusers  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     unet = diffusers.UNet2DConditionModel.from_pretrained(os.path.join(sd_dir, "unet")).eval()
@@ -152,6 +154,7 @@ def unet_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
 
 def vae_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
                ) -> Iterator[ParityResult]:
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import diffusers  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(2)
@@ -173,6 +176,7 @@ def vae_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
 
 
 def clip_parity(sd_dir: str, batch: int, dtypes: tuple[str, ...]) -> Iterator[ParityResult]:
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     folder = os.path.join(sd_dir, "text_encoder")
