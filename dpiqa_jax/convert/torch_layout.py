@@ -388,8 +388,3 @@ def nchw_flatten_transform(channels: int, height: int, width: int) -> LayoutTran
             out, expected)
 
     return LayoutTransform(to_flax=to_flax, to_torch=to_torch)
-
-
-def strip_prefix(state_dict: Mapping[str, Array], prefix: str) -> dict[str, Array]:
-    """The entries under `prefix` (e.g. 'unet.') with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}

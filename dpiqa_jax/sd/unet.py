@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from dpiqa_jax.primitives.convs import conv2d
 from dpiqa_jax.sd.attention import AttentionKernel, Transformer2DModel, TransformerSettings
+from dpiqa_jax.sd.diffusers_config import dataclass_kwargs
 from dpiqa_jax.sd.layers import (
     Downsample2D,
     GroupNorm,
@@ -220,19 +221,9 @@ class UNetConfig:
           ValueError: naming any key we do not know or any feature we do not implement (other
             block types, class/addition embeddings, other ResNet variants, dual cross-attention...).
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in cfg.items():
-            if key.startswith("_") or key in _BOOKKEEPING_KEYS or key in _INERT_KEYS:
-                continue
-            if key in _UNSUPPORTED_UNLESS_DEFAULT:
-                if value != _UNSUPPORTED_UNLESS_DEFAULT[key]:
-                    raise ValueError(f"unsupported UNet config {key}={value!r}: only "
-                                     f"{_UNSUPPORTED_UNLESS_DEFAULT[key]!r} is implemented")
-                continue
-            if key not in known:
-                raise ValueError(f"unknown UNet config key {key}={value!r}")
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        kwargs = dataclass_kwargs(cfg, {f.name for f in dataclasses.fields(cls)},
+                                  component="UNet", ignored=_BOOKKEEPING_KEYS | _INERT_KEYS,
+                                  unsupported_unless_default=_UNSUPPORTED_UNLESS_DEFAULT)
         if "cross_attention_dim" in kwargs and isinstance(kwargs["cross_attention_dim"], tuple):
             dims = set(kwargs["cross_attention_dim"])
             if len(dims) != 1:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from dpiqa_jax.primitives.convs import conv2d
 from dpiqa_jax.sd.attention import SpatialSelfAttention
+from dpiqa_jax.sd.diffusers_config import dataclass_kwargs
 from dpiqa_jax.sd.layers import GroupNorm, ResnetBlock2D
 from dpiqa_jax.sd.unet import DownBlock2D
 
@@ -102,20 +103,9 @@ class VAEConfig:
         Decoder-only keys are ignored. Raises ValueError naming any unknown key or any
         unsupported value (other activations or block types, shift_factor, latents_mean/std).
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in cfg.items():
-            if key.startswith("_") or key in _IGNORED_KEYS:
-                continue
-            if key in _UNSUPPORTED_UNLESS_DEFAULT:
-                if value != _UNSUPPORTED_UNLESS_DEFAULT[key]:
-                    raise ValueError(f"unsupported VAE config {key}={value!r}: only "
-                                     f"{_UNSUPPORTED_UNLESS_DEFAULT[key]!r} is implemented")
-                continue
-            if key not in known:
-                raise ValueError(f"unknown VAE config key {key}={value!r}")
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
-        return cls(**kwargs)
+        return cls(**dataclass_kwargs(cfg, {f.name for f in dataclasses.fields(cls)},
+                                      component="VAE", ignored=_IGNORED_KEYS,
+                                      unsupported_unless_default=_UNSUPPORTED_UNLESS_DEFAULT))
 
 
 class VAEMidBlock2D(nn.Module):
