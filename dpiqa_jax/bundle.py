@@ -44,6 +44,11 @@ PARAMS_FORMAT = "dpiqa_jax.params"
 VERSION = 1
 KNOWN_VERSIONS = (1,)
 KINDS = ("teacher", "student")
+# The heads predict MOS / MOS_SCALE (the authors' target; our datasets' `mos_normalized`); a
+# bundle's score is that x MOS_SCALE, on [0, MOS_SCALE].
+MOS_SCALE = 100.0
+# The bundle a training run writes into its workdir: the checkpoint selected on validation.
+BEST_MODEL_DIR = "best_model"
 MANIFEST_FILE = "model.json"
 PARAMS_FILE = "params.safetensors"
 PROMPTS_FILE = "prompts.npy"

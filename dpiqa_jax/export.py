@@ -63,7 +63,6 @@ from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
 Array = np.ndarray
 
 JAX_PROGRAM_FORMAT = "dpiqa_jax.jax_export"
-OFFICIAL_MOS_SCALE = 100.0  # the authors train the head on MOS / 100
 # Serialized jax.export programs are flatbuffers, which cannot exceed 2 GiB.
 MAX_BAKED_BYTES = 2**31 - 2**26
 _BN_COUNTER = re.compile(r"(^|\.)num_batches_tracked$")
@@ -226,8 +225,8 @@ def import_official_teacher(checkpoint: str, prompts_path: str, out_dir: str, *,
                 "the diffusers directory of its configs with --sd_config_from)")
         raise StateDictMismatchError(f"{err}{hint}") from err
     metadata = {"source": _source_metadata("official-teacher", checkpoint),
-                "prompts": prompts_record, "mos_scale": OFFICIAL_MOS_SCALE,
-                "score_range": [0.0, OFFICIAL_MOS_SCALE], "image_size": image_size,
+                "prompts": prompts_record, "mos_scale": bundle_lib.MOS_SCALE,
+                "score_range": [0.0, bundle_lib.MOS_SCALE], "image_size": image_size,
                 "official_layout": _layout(state_dict)}
     return bundle_lib.save_bundle(out_dir, "teacher", config, variables, prompts=prompts,
                                   extras=extras, metadata=metadata)
@@ -290,7 +289,7 @@ def import_official_student(checkpoint: str, out_dir: str, *, backbone: str | No
     variables = student_official_to_flax(state_dict, target, source=checkpoint)
     extras = {k: np.asarray(v) for k, v in state_dict.items() if _BN_COUNTER.search(k)}
     metadata = {"source": _source_metadata("official-student", checkpoint),
-                "mos_scale": OFFICIAL_MOS_SCALE, "score_range": [0.0, OFFICIAL_MOS_SCALE],
+                "mos_scale": bundle_lib.MOS_SCALE, "score_range": [0.0, bundle_lib.MOS_SCALE],
                 "image_size": image_size, "official_layout": _layout(state_dict)}
     return bundle_lib.save_bundle(out_dir, "student", config, variables, extras=extras,
                                   metadata=metadata)

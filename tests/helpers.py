@@ -80,7 +80,7 @@ def run_module(module: str, *args: str, env: dict | None = None) -> subprocess.C
 
 IMAGE_SIZE = 64
 MAP_SIZE = 8
-MOS_SCALE = 100.0
+MOS_SCALE = bundle.MOS_SCALE
 STUDENT_CONFIG = StudentConfig(backbone="b0", map_size=MAP_SIZE)
 # The SD parts of the tiny training variant; the QFD head below is smaller.
 TEXT_DIM = train_models.TINY_TEXT_DIM

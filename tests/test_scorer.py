@@ -224,9 +224,9 @@ def test_a_bundle_without_mos_scale_needs_one(tmp_path):
 def test_workdir_resolves_to_best_model(tmp_path, student_dir):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    os.symlink(student_dir, workdir / inference.BEST_MODEL_SUBDIR)
+    os.symlink(student_dir, workdir / bundle.BEST_MODEL_DIR)
     model_bundle, resolved = scorer.resolve_model(str(workdir))
-    assert resolved.endswith(inference.BEST_MODEL_SUBDIR) and model_bundle.kind == "student"
+    assert resolved.endswith(bundle.BEST_MODEL_DIR) and model_bundle.kind == "student"
     with pytest.raises(FileNotFoundError, match="neither a model bundle"):
         scorer.resolve_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="model not found"):

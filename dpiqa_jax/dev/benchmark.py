@@ -544,7 +544,7 @@ def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
 def random_bundle(kind: str, size: BenchmarkSize, directory: str, seed: int) -> str:
     """A bundle of random weights (`random_variables`) of the size's teacher or student."""
     images = jnp.zeros((1, size.resolution, size.resolution, 3), jnp.float32)
-    metadata = {"mos_scale": 100.0, "image_size": size.resolution}
+    metadata = {"mos_scale": bundle.MOS_SCALE, "image_size": size.resolution}
     if kind == "teacher":
         prompts = random_inputs(size, 1, seed)["prompts"]
         module = Teacher(size.teacher)
