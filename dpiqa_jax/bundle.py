@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -198,27 +199,14 @@ def check_finite(array: np.ndarray, label: str) -> None:
 # --------------------------------------------------------------------------- variables trees
 
 
-def flatten_variables(variables: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'params': {'a': {'b': x}}} -> {'params/a/b': x} (leaves as they are)."""
-    flat = {}
-    for name, value in variables.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_variables(value, key + "/"))
-        else:
-            flat[key] = value
-    return flat
+def flatten_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """{'params': {'a': {'b': x}}} -> {'params/a/b': x} (leaves as they are, order kept)."""
+    return traverse_util.flatten_dict(variables, sep="/")
 
 
 def unflatten_variables(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
+    """The inverse of `flatten_variables`."""
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def expected_variables(kind: str, config: Any, image_size: int) -> dict[str, TensorSpec]:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.sd.attention import AttentionKernel
 
 DEFAULT_IMAGE_SIZE = bundle_lib.DEFAULT_IMAGE_SIZE
@@ -107,12 +108,8 @@ def to_device(leaf: Any, dtype: Any) -> jax.Array:
     array already in place is returned as it is.
     """
     if isinstance(leaf, jax.Array):
-        floating = jnp.issubdtype(leaf.dtype, jnp.floating)
-        return leaf.astype(dtype) if floating and leaf.dtype != dtype else leaf
-    leaf = np.asarray(leaf)
-    if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != dtype:
-        leaf = leaf.astype(dtype)
-    return jax.device_put(leaf)
+        return cast_floating(leaf, dtype)
+    return jax.device_put(cast_floating(np.asarray(leaf), dtype))
 
 
 def cast_floats(tree: Any, dtype: Any) -> Any:

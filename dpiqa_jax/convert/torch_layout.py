@@ -19,6 +19,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 
 from dpiqa_jax.convert import torch_pickle
 from dpiqa_jax.convert.torch_pickle import CheckpointError
@@ -196,26 +197,6 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, Array]:
 # --------------------------------------------------------------------------- conversion
 
 
-def _flatten(tree: Mapping[str, Any], prefix: FlatPath = ()) -> dict[FlatPath, Any]:
-    flat = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (name,)))
-        else:
-            flat[prefix + (name,)] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[FlatPath, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for name in path[:-1]:
-            node = node.setdefault(name, {})
-        node[path[-1]] = value
-    return tree
-
-
 def _default_to_flax(torch_leaf: str, flax_leaf: str, tensor: Array, shape: tuple) -> Array:
     if flax_leaf == "kernel":
         if tensor.ndim == 4 and len(shape) == 2:  # 1x1 conv stored for a Dense (old VAE attention)
@@ -294,7 +275,8 @@ def torch_to_flax(
     """
     transforms = transforms or {}
     ignore_res = [re.compile(p) for p in ignore]
-    target_flat = {path: tuple(leaf.shape) for path, leaf in _flatten(target).items()}
+    target_flat = {path: tuple(leaf.shape)
+                   for path, leaf in traverse_util.flatten_dict(target).items()}
     converted: dict[FlatPath, Array] = {}
     unexpected, misshaped = [], []
     for key, tensor in state_dict.items():
@@ -320,7 +302,7 @@ def torch_to_flax(
         ("missing from the state dict", missing),
         ("unexpected in the state dict", unexpected),
         ("shape mismatch (torch key: got -> expected)", misshaped)])
-    return _unflatten(converted)
+    return traverse_util.unflatten_dict(converted)
 
 
 def flax_to_torch(
@@ -334,7 +316,8 @@ def flax_to_torch(
     Every Flax leaf must be claimed by exactly one torch key, so nothing is silently dropped.
     """
     transforms = transforms or {}
-    flat = {path: np.asarray(value) for path, value in _flatten(variables).items()}
+    flat = {path: np.asarray(value)
+            for path, value in traverse_util.flatten_dict(variables).items()}
     state_dict: dict[str, Array] = {}
     used: set[FlatPath] = set()
     missing, misshaped = [], []

@@ -54,11 +54,12 @@ from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
+from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.sd.attention import AttentionKernel
 from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
 from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
 from dpiqa_jax.train import models, optim, steps
-from dpiqa_jax.train.state import cast_floating, create_train_state, partition_params
+from dpiqa_jax.train.state import create_train_state, partition_params
 
 TEACHER_INFER = "teacher_infer"
 TEACHER_TRAIN = "teacher_train"

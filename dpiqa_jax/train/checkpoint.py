@@ -23,6 +23,7 @@ from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from dpiqa_jax.train.state import TrainState
 from dpiqa_jax.train.workdir import check_keep
@@ -39,20 +40,16 @@ RUN_NEUTRAL_FIELDS = frozenset({
     "data.num_threads", "data.prefetch_images", "data.eval_batch_size"})
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
+def _flat_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """{'data': {'dataset': x}} -> {'data.dataset': x}; tuples as lists, as JSON has them."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in traverse_util.flatten_dict(dict(config), sep=".").items()}
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Dotted config fields whose value differs (or that exist in one config only), sorted, not
     counting RUN_NEUTRAL_FIELDS; both configs as JSON dicts."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = _flat_fields(saved), _flat_fields(current)
     missing = object()
     return sorted(key for key in old.keys() | new.keys()
                   if key not in RUN_NEUTRAL_FIELDS
