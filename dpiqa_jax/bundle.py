@@ -37,6 +37,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from dpiqa_jax import prompts as prompts_lib
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
 
@@ -380,10 +381,12 @@ def _checked_prompts(prompts: np.ndarray, text_dim: int, source: str) -> np.ndar
 
 def _load_prompts_npy(path: str, text_dim: int) -> np.ndarray:
     try:
-        prompts = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as err:
+        prompts = prompts_lib.read_prompt_array(path, dim=text_dim)
+    except ValueError as err:  # the message names the file
+        raise BundleError(str(err)) from err
+    except OSError as err:
         raise BundleError(f"{path}: cannot read the prompt embeddings ({err})") from err
-    return np.array(_checked_prompts(prompts, text_dim, path))
+    return _checked_prompts(prompts, text_dim, path)
 
 
 def _config_or_error(kind: str, model_config: Mapping[str, Any], source: str) -> Any:
