@@ -147,6 +147,10 @@ def _check_data_layout(path: str, spans: list[tuple[int, int, str]], data_len: i
                                        f"file holds {data_len}")
 
 
+# Why not the safetensors library here (bundles are read and every file is written with it): its
+# numpy reader copies each tensor into memory, this one maps the file. Reading a 1 GiB tensor
+# raised peak RSS by 1023 MB through `safe_open(...).get_tensor` and by 0 MB here (measured
+# 2026-12-03); SD 1.5's UNet checkpoint is 3.4 GB and its converter copies every tensor anyway.
 def read_safetensors(path: str | os.PathLike) -> dict[str, Array]:
     """Reads a .safetensors file memory-mapped, without torch (bf16 through ml_dtypes).
 
