@@ -16,8 +16,7 @@ from dpiqa_jax.data import builders, images, name_lists
 from dpiqa_jax.data.builders import base
 
 import helpers
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
 
 
 def read_all(builder) -> dict[str, dict]:
@@ -223,7 +222,7 @@ def test_build_and_read_in_a_fresh_process_without_tensorflow(tmp_path):
     script = textwrap.dedent(f"""
         import importlib.util, sys
         assert importlib.util.find_spec("tensorflow") is None, "TensorFlow is installed"
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
+        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(Path(REPO_ROOT) / "tests")!r}]
         from pathlib import Path
         import helpers
         from dpiqa_jax.data import images, sources

@@ -4,7 +4,6 @@ per-process sharding, padded evaluation, global arrays."""
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,8 +12,8 @@ import pytest
 from dpiqa_jax.data import images, pipeline, sources, splits
 
 import helpers
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = images.ImageConfig(height=8, width=8)
 
 
@@ -253,7 +252,7 @@ def test_global_batch_is_sharded_over_the_batch_axes():
         import os
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
         import sys
-        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(REPO_ROOT)!r})
         import jax, numpy as np
         from dpiqa_jax.data import pipeline
         mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))

@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,8 @@ from dpiqa_jax.eval import rows as rows_lib
 from dpiqa_jax.train import multi_split
 
 import helpers
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = images.ImageConfig(height=8, width=8)
 
 
@@ -189,7 +188,7 @@ def test_evaluate_launcher_with_a_stand_in_scorer(tmp_path):
     _, layout = helpers.build_mini("flive", tmp_path)
     script = textwrap.dedent(f"""
         import sys, types
-        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(REPO_ROOT)!r})
         stand_in = types.ModuleType("dpiqa_jax.scorer")
         def load_predict_fn(checkpoint):
             def predict(x):
@@ -206,7 +205,7 @@ def test_evaluate_launcher_with_a_stand_in_scorer(tmp_path):
                                      "--out_dir={tmp_path / 'eval'}"])
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=REPO, timeout=180)
+                            cwd=REPO_ROOT, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert document["metrics"]["num_images"] == len(layout.expected)

