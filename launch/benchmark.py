@@ -115,7 +115,7 @@ def model_records(measurement: str, settings: benchmark.RunSettings) -> list[ben
     torch_record = None
     if _TORCH.value:
         # Imported only here: the PyTorch reference needs the dev requirements.
-        from dpiqa_jax.reference import torch_benchmark  # pylint: disable=import-outside-toplevel
+        from dpiqa_jax.dev import torch_benchmark  # pylint: disable=import-outside-toplevel
         torch_record = _measured(measurement, "torch", lambda: torch_benchmark.measure_torch(
             measurement, settings, compile_model=_TORCH_COMPILE.value))
     jax_record = _measured(measurement, "jax",

@@ -60,7 +60,7 @@ def _forward_parity() -> bool:
 
 def _train_parity() -> bool:
     # Imported here: torch and the reference models only for this mode.
-    from dpiqa_jax.reference import train_parity  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.dev import train_parity  # pylint: disable=import-outside-toplevel
     if _SD.value:
         raise app.UsageError("--sd is for the forward comparison; --train uses random weights")
     # fp32 matmuls everywhere (an accelerator would otherwise use TF32/bf16 passes).

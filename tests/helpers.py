@@ -32,12 +32,12 @@ from dpiqa_jax import bundle
 from dpiqa_jax.convert import torch_layout
 from dpiqa_jax.convert.efficientnet import student_flax_to_official
 from dpiqa_jax.data import builders
+from dpiqa_jax.dev import torch_models, train_parity
+from dpiqa_jax.dev.torch_models import TorchTeacher
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
-from dpiqa_jax.reference import torch_models, train_parity
-from dpiqa_jax.reference.torch_models import TorchTeacher
 from dpiqa_jax.sd import clip_text
 from dpiqa_jax.sd.unet import UNetConfig
 from dpiqa_jax.sd.vae import VAEConfig

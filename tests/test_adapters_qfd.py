@@ -1,6 +1,6 @@
 """Parity of the text adapter, image adapter and Quality Feature Decoder with PyTorch references.
 
-The torch QFD and text adapter (`dpiqa_jax.reference.torch_models`) follow the authors'
+The torch QFD and text adapter (`dpiqa_jax.dev.torch_models`) follow the authors'
 `iqa_models/dpiqa.py` with configurable widths.
 """
 
@@ -13,6 +13,7 @@ from diffusers.models.adapter import FullAdapter
 
 from dpiqa_jax.convert.dpiqa import nchw_flatten_transform
 from dpiqa_jax.convert.torch_layout import torch_to_flax
+from dpiqa_jax.dev.torch_models import TorchQFD, TorchTextAdapter
 from dpiqa_jax.models.adapters import (
     ImageAdapter,
     ImageAdapterConfig,
@@ -21,7 +22,6 @@ from dpiqa_jax.models.adapters import (
     pixel_unshuffle_torch_order,
 )
 from dpiqa_jax.models.qfd import QFDConfig, QualityFeatureDecoder
-from dpiqa_jax.reference.torch_models import TorchQFD, TorchTextAdapter
 
 from helpers import nchw_to_nhwc, param_count, to_numpy_state_dict
 

@@ -19,9 +19,9 @@ from dpiqa_jax import onnx_export
 from dpiqa_jax.convert import efficientnet as convert
 from dpiqa_jax.convert import onnx_student
 from dpiqa_jax.convert.torch_layout import read_state_dict_file
+from dpiqa_jax.dev.torch_onnx_student import TorchAuthorsStudent, randomize_batch_norms
 from dpiqa_jax.models.efficientnet import EfficientNet, efficientnet_config
 from dpiqa_jax.models.student import Student, StudentConfig
-from dpiqa_jax.reference.torch_onnx_student import TorchAuthorsStudent, randomize_batch_norms
 
 from helpers import run_module
 

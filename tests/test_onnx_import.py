@@ -17,12 +17,12 @@ from PIL import Image
 
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.convert import onnx_student
-from dpiqa_jax.models.efficientnet import TorchBatchNorm
-from dpiqa_jax.reference.torch_onnx_student import (
+from dpiqa_jax.dev.torch_onnx_student import (
     TorchAuthorsStudent,
     export_like_the_authors,
     randomize_batch_norms,
 )
+from dpiqa_jax.models.efficientnet import TorchBatchNorm
 from dpiqa_jax.scorer import Scorer
 
 from helpers import run_module

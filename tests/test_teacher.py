@@ -1,6 +1,6 @@
 """End-to-end parity of the tiny teacher with a PyTorch DP-IQA teacher built from diffusers parts.
 
-The torch teacher (`dpiqa_jax.reference.torch_models.TorchTeacher`) follows the authors'
+The torch teacher (`dpiqa_jax.dev.torch_models.TorchTeacher`) follows the authors'
 `DPIQA.forward` (posterior mean instead of their sample): VAE latent x scaling, text adapter
 context, FullAdapter features injected as T2I residuals (`down_intrablock_additional_residuals`),
 up-block outputs captured by forward hooks, QFD on them.
@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from dpiqa_jax.convert.dpiqa import teacher_official_to_flax
+from dpiqa_jax.dev.torch_models import TorchTeacher
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
-from dpiqa_jax.reference.torch_models import TorchTeacher
 
 from helpers import (
     PARITY_PROMPTS,

@@ -2,7 +2,7 @@
 
 Each model runs in a child process (the launcher itself), so that XLA's fastest-compile flags
 apply and the exit status and the printed JSON lines are what is checked. The tolerances, with
-their derivations, are `dpiqa_jax.reference.train_parity`'s constants; the tool prints each next
+their derivations, are `dpiqa_jax.dev.train_parity`'s constants; the tool prints each next
 to its error, and these tests re-check every line against it.
 """
 
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from dpiqa_jax.reference import train_parity
+from dpiqa_jax.dev import train_parity
 
 from helpers import REPO_ROOT, child_environment
 

@@ -1,9 +1,9 @@
 """Train-step parity: the authors' PyTorch training loop and ours, same weights and batches.
 
 Dev only (imports torch). The torch model is built with random, perturbed weights
-(`dpiqa_jax.reference.torch_models`), converted to our variables with the checkpoint converters,
+(`dpiqa_jax.dev.torch_models`), converted to our variables with the checkpoint converters,
 and both sides train `steps` optimizer steps on the same random batches: torch with
-`dpiqa_jax.reference.torch_train` (Adam, MultiStepLR stepped once per epoch), ours with the jitted
+`dpiqa_jax.dev.torch_train` (Adam, MultiStepLR stepped once per epoch), ours with the jitted
 update of `dpiqa_jax.train.steps` and the optimizer and schedule of `dpiqa_jax.train.optim`. An
 "epoch" is `STEPS_PER_EPOCH` steps, so the milestones fall inside a short run.
 
@@ -35,11 +35,11 @@ import torch
 
 from dpiqa_jax.convert import dpiqa as dpiqa_convert
 from dpiqa_jax.convert import efficientnet as efficientnet_convert
+from dpiqa_jax.dev import torch_models, torch_train
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
-from dpiqa_jax.reference import torch_models, torch_train
 from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig, tiny_unet_config
 from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig, tiny_vae_config
 from dpiqa_jax.train import models, optim
