@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue #7: DP-IQA's speed in JAX against the PyTorch original, on one GPU.
+# The GPU speed check: DP-IQA's speed in JAX against the PyTorch original, on one GPU.
 #
 #   OUT=/tmp/bench bash benchmarks/gpu_check.sh           # GPU: SD 1.5 + B7 at 512x512, ~10 min
 #   SIZE=tiny OUT=/tmp/x bash benchmarks/gpu_check.sh     # a CPU rehearsal of the same logic

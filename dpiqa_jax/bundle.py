@@ -30,13 +30,27 @@ import typing
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from dpiqa_jax import prompts as prompts_lib
+from dpiqa_jax.models.student import Student, StudentConfig
+from dpiqa_jax.models.teacher import Teacher, TeacherConfig
 
 FORMAT = "dpiqa_jax.bundle"
 PARAMS_FORMAT = "dpiqa_jax.params"
 VERSION = 1
 KNOWN_VERSIONS = (1,)
 KINDS = ("teacher", "student")
+# The heads predict MOS / MOS_SCALE (the authors' target; our datasets' `mos_normalized`); a
+# bundle's score is that x MOS_SCALE, on [0, MOS_SCALE].
+MOS_SCALE = 100.0
+# The bundle a training run writes into its workdir: the checkpoint selected on validation.
+BEST_MODEL_DIR = "best_model"
 MANIFEST_FILE = "model.json"
 PARAMS_FILE = "params.safetensors"
 PROMPTS_FILE = "prompts.npy"
@@ -81,11 +95,8 @@ class Bundle:
 
 def build_model(kind: str, config: Any, **module_kwargs: Any):
     """The Flax module of `kind` for its config dataclass."""
-    # pylint: disable=import-outside-toplevel
     if kind == "teacher":
-        from dpiqa_jax.models.teacher import Teacher
         return Teacher(config=config, **module_kwargs)
-    from dpiqa_jax.models.student import Student
     return Student(config=config, **module_kwargs)
 
 
@@ -95,8 +106,6 @@ def build_model(kind: str, config: Any, **module_kwargs: Any):
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str] | None = None) -> None:
     """Writes tensors in the safetensors format (any numpy dtype it names, bf16 included)."""
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-
     # ascontiguousarray makes 0-d arrays 1-d; the reshape keeps them 0-d.
     arrays = {name: np.ascontiguousarray(value).reshape(np.shape(value))
               for name, value in tensors.items()}
@@ -121,7 +130,6 @@ _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
 def _safe_open(path: str):
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     try:
         return safe_open(path, framework="numpy")
     except Exception as err:  # safetensors raises its own error types for corrupt headers
@@ -192,35 +200,19 @@ def check_finite(array: np.ndarray, label: str) -> None:
 # --------------------------------------------------------------------------- variables trees
 
 
-def flatten_variables(variables: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'params': {'a': {'b': x}}} -> {'params/a/b': x} (leaves as they are)."""
-    flat = {}
-    for name, value in variables.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_variables(value, key + "/"))
-        else:
-            flat[key] = value
-    return flat
+def flatten_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """{'params': {'a': {'b': x}}} -> {'params/a/b': x} (leaves as they are, order kept)."""
+    return traverse_util.flatten_dict(variables, sep="/")
 
 
 def unflatten_variables(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
+    """The inverse of `flatten_variables`."""
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def expected_variables(kind: str, config: Any, image_size: int) -> dict[str, TensorSpec]:
     """Flat name -> shape (and float-ness) of the variables the model initialises: what a bundle
     of this kind and config must hold, exactly. Shapes come from `jax.eval_shape`, no compute."""
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
     module = build_model(kind, config)
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     if kind == "teacher":
@@ -389,10 +381,12 @@ def _checked_prompts(prompts: np.ndarray, text_dim: int, source: str) -> np.ndar
 
 def _load_prompts_npy(path: str, text_dim: int) -> np.ndarray:
     try:
-        prompts = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as err:
+        prompts = prompts_lib.read_prompt_array(path, dim=text_dim)
+    except ValueError as err:  # the message names the file
+        raise BundleError(str(err)) from err
+    except OSError as err:
         raise BundleError(f"{path}: cannot read the prompt embeddings ({err})") from err
-    return np.array(_checked_prompts(prompts, text_dim, path))
+    return _checked_prompts(prompts, text_dim, path)
 
 
 def _config_or_error(kind: str, model_config: Mapping[str, Any], source: str) -> Any:
@@ -514,11 +508,8 @@ def _tupled(value: Any) -> Any:
 
 
 def model_config_from_dict(kind: str, data: Mapping[str, Any]) -> Any:
-    # pylint: disable=import-outside-toplevel
     if kind == "teacher":
-        from dpiqa_jax.models.teacher import TeacherConfig
         return dataclass_from_dict(TeacherConfig, data)
     if kind == "student":
-        from dpiqa_jax.models.student import StudentConfig
         return dataclass_from_dict(StudentConfig, data)
     raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")

@@ -126,7 +126,8 @@ def write_heatmaps(model_dirs: dict[str, str], settings: DemoSettings, path: str
 
 
 def _summary(metrics: dict[str, Any], settings: DemoSettings, seconds: float) -> str:
-    rows = "\n".join(f"| {name} | {m['srcc']:.3f} | {m['plcc']:.3f} | {m.get('krcc', float('nan')):.3f} |"
+    rows = "\n".join(f"| {name} | {m['srcc']:.3f} | {m['plcc']:.3f} "
+                     f"| {m.get('krcc', float('nan')):.3f} |"
                      for name, m in metrics.items() if isinstance(m, dict) and "srcc" in m)
     return f"""# dpiqa_jax demo report
 

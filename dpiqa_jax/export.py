@@ -43,12 +43,26 @@ import numpy as np
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax import inference
 from dpiqa_jax.convert import torch_layout
+from dpiqa_jax.convert.dpiqa import (
+    is_unused_teacher_key,
+    official_teacher_shapes,
+    teacher_flax_to_official,
+    teacher_official_to_flax,
+)
+from dpiqa_jax.convert.efficientnet import student_flax_to_official, student_official_to_flax
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError
+from dpiqa_jax.models import efficientnet
+from dpiqa_jax.models.adapters import ImageAdapterConfig
+from dpiqa_jax.models.qfd import QFDConfig
+from dpiqa_jax.models.student import Student, StudentConfig
+from dpiqa_jax.models.teacher import Teacher, TeacherConfig
+from dpiqa_jax.prompts import read_prompt_array
+from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
+from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
 
 Array = np.ndarray
 
 JAX_PROGRAM_FORMAT = "dpiqa_jax.jax_export"
-OFFICIAL_MOS_SCALE = 100.0  # the authors train the head on MOS / 100
 # Serialized jax.export programs are flatbuffers, which cannot exceed 2 GiB.
 MAX_BAKED_BYTES = 2**31 - 2**26
 _BN_COUNTER = re.compile(r"(^|\.)num_batches_tracked$")
@@ -120,13 +134,6 @@ def teacher_config_from_state_dict(state_dict: Mapping[str, Array], *,
     Image adapter, QFD and text widths come from the tensors' shapes; UNet and VAE come from
     `sd_config_dir` (`unet/config.json`, `vae/config.json`, diffusers format) or SD 1.5.
     """
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.models.adapters import ImageAdapterConfig
-    from dpiqa_jax.models.qfd import QFDConfig
-    from dpiqa_jax.models.teacher import TeacherConfig
-    from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
-    from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
-
     if sd_config_dir is None:
         unet_dict, vae_dict = SD15_UNET_CONFIG, SD15_VAE_CONFIG
     else:
@@ -184,7 +191,6 @@ def read_prompt_embeddings(path: str, text_dim: int) -> tuple[np.ndarray, dict[s
     The record holds the file, its sha256 and, when `prompts.json` sits beside it (written by
     `launch.embed_prompts`), that sidecar's contents.
     """
-    from dpiqa_jax.prompts import read_prompt_array  # pylint: disable=import-outside-toplevel
     embeddings = read_prompt_array(path, dim=text_dim)
     record: dict[str, Any] = {"path": os.path.basename(path), "sha256": file_sha256(path),
                               "shape": list(embeddings.shape)}
@@ -206,10 +212,6 @@ def import_official_teacher(checkpoint: str, prompts_path: str, out_dir: str, *,
       StateDictMismatchError: naming missing, unexpected or mis-shaped tensors.
       ValueError / FileNotFoundError: unreadable files, wrong prompt embeddings.
     """
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.convert.dpiqa import teacher_official_to_flax
-    from dpiqa_jax.models.teacher import Teacher
-
     state_dict = torch_layout.read_state_dict_file(checkpoint)
     config = teacher_config_from_state_dict(state_dict, sd_config_dir=sd_config_dir,
                                             source=checkpoint)
@@ -223,8 +225,8 @@ def import_official_teacher(checkpoint: str, prompts_path: str, out_dir: str, *,
                 "the diffusers directory of its configs with --sd_config_from)")
         raise StateDictMismatchError(f"{err}{hint}") from err
     metadata = {"source": _source_metadata("official-teacher", checkpoint),
-                "prompts": prompts_record, "mos_scale": OFFICIAL_MOS_SCALE,
-                "score_range": [0.0, OFFICIAL_MOS_SCALE], "image_size": image_size,
+                "prompts": prompts_record, "mos_scale": bundle_lib.MOS_SCALE,
+                "score_range": [0.0, bundle_lib.MOS_SCALE], "image_size": image_size,
                 "official_layout": _layout(state_dict)}
     return bundle_lib.save_bundle(out_dir, "teacher", config, variables, prompts=prompts,
                                   extras=extras, metadata=metadata)
@@ -246,8 +248,6 @@ def _backbone_signature(state_dict: Mapping[str, Array], source: str) -> tuple:
 
 def infer_backbone(state_dict: Mapping[str, Array], source: str = "student state dict") -> str:
     """The EfficientNet variant ("b0".."b7", "lite0".."lite2") whose layout the state dict has."""
-    from dpiqa_jax.models import efficientnet  # pylint: disable=import-outside-toplevel
-
     signature = _backbone_signature(state_dict, source)
     names = [f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(3)]
     matches = []
@@ -268,8 +268,6 @@ def infer_backbone(state_dict: Mapping[str, Array], source: str = "student state
 def student_config_from_state_dict(state_dict: Mapping[str, Array], backbone: str | None = None,
                                    source: str = "student state dict") -> Any:
     """The `StudentConfig` of an authors'-layout student state dict (backbone inferred if None)."""
-    from dpiqa_jax.models.student import StudentConfig  # pylint: disable=import-outside-toplevel
-
     channels = _require(state_dict, "conv_transpose.weight", 4, source)[1]
     hidden, flat = _require(state_dict, "fc1.weight", 2, source)
     return StudentConfig(backbone=backbone or infer_backbone(state_dict, source),
@@ -284,10 +282,6 @@ def import_official_student(checkpoint: str, out_dir: str, *, backbone: str | No
     `num_batches_tracked` counters are not model variables; they are kept as extras so the export
     reproduces them.
     """
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.convert.efficientnet import student_official_to_flax
-    from dpiqa_jax.models.student import Student
-
     state_dict = torch_layout.read_state_dict_file(checkpoint)
     config = student_config_from_state_dict(state_dict, backbone, checkpoint)
     target = _abstract_variables(Student(config), jnp.zeros((1, image_size, image_size, 3)),
@@ -295,7 +289,7 @@ def import_official_student(checkpoint: str, out_dir: str, *, backbone: str | No
     variables = student_official_to_flax(state_dict, target, source=checkpoint)
     extras = {k: np.asarray(v) for k, v in state_dict.items() if _BN_COUNTER.search(k)}
     metadata = {"source": _source_metadata("official-student", checkpoint),
-                "mos_scale": OFFICIAL_MOS_SCALE, "score_range": [0.0, OFFICIAL_MOS_SCALE],
+                "mos_scale": bundle_lib.MOS_SCALE, "score_range": [0.0, bundle_lib.MOS_SCALE],
                 "image_size": image_size, "official_layout": _layout(state_dict)}
     return bundle_lib.save_bundle(out_dir, "student", config, variables, extras=extras,
                                   metadata=metadata)
@@ -330,10 +324,6 @@ def official_state_dict(model_bundle: bundle_lib.Bundle, *,
     our teacher has no VAE decoder / `bnc1` / `classifier_dist`, so it needs `omit_unused=True`
     (the file then loads in their code only with `strict=False`).
     """
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.convert.dpiqa import (is_unused_teacher_key, official_teacher_shapes,
-                                         teacher_flax_to_official)
-    from dpiqa_jax.convert.efficientnet import student_flax_to_official
 
     layout = model_bundle.metadata.get("official_layout")
     if model_bundle.kind == "student":
@@ -353,6 +343,7 @@ def official_state_dict(model_bundle: bundle_lib.Bundle, *,
 
 
 def _torch_tensor(array: Array):
+    # torch is optional (the dev requirements): only writing a .pth needs it.
     import torch  # pylint: disable=import-outside-toplevel
     array = np.array(array)  # a writable, contiguous copy (bundle arrays are read-only memmaps)
     if array.dtype == ml_dtypes.bfloat16:
@@ -362,7 +353,7 @@ def _torch_tensor(array: Array):
 
 def save_torch_state_dict(state_dict: Mapping[str, Array], path: str) -> None:
     """`torch.save` of the state dict as torch tensors, key order kept (needs torch)."""
-    try:
+    try:  # torch is optional (the dev requirements): only writing a .pth needs it.
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError as err:
         raise ImportError("writing a .pth needs PyTorch (pip install torch), or write a "

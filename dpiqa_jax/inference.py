@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.sd.attention import AttentionKernel
 
-BEST_MODEL_SUBDIR = "best_model"
 DEFAULT_IMAGE_SIZE = bundle_lib.DEFAULT_IMAGE_SIZE
 # Queries per attention chunk at inference: at 512x512 the teacher's first UNet level attends 4096
 # tokens to 4096; in chunks of 1024 the logits take 128 MiB per image (8 heads, float32) instead
@@ -53,12 +53,12 @@ def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = N
     if os.path.isdir(path):
         if bundle_lib.is_bundle(path):
             return bundle_lib.load_bundle(path, place=place, extras=extras), path
-        best = os.path.join(path, BEST_MODEL_SUBDIR)
+        best = os.path.join(path, bundle_lib.BEST_MODEL_DIR)
         if bundle_lib.is_bundle(best):
             return bundle_lib.load_bundle(best, place=place, extras=extras), best
         raise FileNotFoundError(
             f"{path}: neither a model bundle (no model.json) nor a training workdir (no "
-            f"{BEST_MODEL_SUBDIR}/model.json)")
+            f"{bundle_lib.BEST_MODEL_DIR}/model.json)")
     if os.path.isfile(path):
         if path.endswith(".safetensors"):
             return bundle_lib.load_params_safetensors(path, place=place), path
@@ -108,12 +108,8 @@ def to_device(leaf: Any, dtype: Any) -> jax.Array:
     array already in place is returned as it is.
     """
     if isinstance(leaf, jax.Array):
-        floating = jnp.issubdtype(leaf.dtype, jnp.floating)
-        return leaf.astype(dtype) if floating and leaf.dtype != dtype else leaf
-    leaf = np.asarray(leaf)
-    if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != dtype:
-        leaf = leaf.astype(dtype)
-    return jax.device_put(leaf)
+        return cast_floating(leaf, dtype)
+    return jax.device_put(cast_floating(np.asarray(leaf), dtype))
 
 
 def cast_floats(tree: Any, dtype: Any) -> Any:

@@ -134,7 +134,7 @@ class _GraphWriter:
     def head(self, x: str, map_size: int) -> tuple[str, str]:
         """features [B, C, h, w] -> (score [B, 1], map [B, 8, map_size, map_size])."""
         # pylint: disable=import-outside-toplevel
-        from dpiqa_jax.models.resize import nearest_source_indices
+        from dpiqa_jax.primitives.resize import nearest_source_indices
 
         sd = self.state_dict
         x = self.node("ConvTranspose", [x, self.constant("conv_transpose.weight",

@@ -59,6 +59,7 @@ from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax import inference
 from dpiqa_jax.data import images as image_lib
 from dpiqa_jax.eval import rows as rows_lib
+from dpiqa_jax.models.teacher import LATENT_MODES
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -70,7 +71,6 @@ MIN_IMAGE_SIDE = 8
 DEFAULT_MAX_FILE_BYTES = 1 << 28
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_IMAGE_SIZE = inference.DEFAULT_IMAGE_SIZE
-LATENT_MODES = ("mean", "sample")
 RESULT_COLUMNS = rows_lib.RESULT_COLUMNS
 OUTPUT_FORMATS = rows_lib.OUTPUT_FORMATS
 # Re-exported: the model-loading API that callers of the scorer also use.

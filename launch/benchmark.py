@@ -16,7 +16,7 @@ adapter and QFD, EfficientNet-B0, 64x64, batch 2. `--size=full`: SD 1.5 + Effici
 512x512, teacher batch 16, student batch 32. Weights are random. Each line carries `framework`,
 `batch`, `resolution`, `img_per_s`, `step_ms` (median), `compile_s`, `peak_memory_bytes` (and
 `peak_memory_kind`), `flops_per_image`, `tflops`, `mfu`, `peak_tflops`, `dtype`, `device`,
-`weights` (dpiqa_jax/benchmark.py explains each); teacher lines also `attention` and
+`weights` (dpiqa_jax/dev/benchmark.py explains each); teacher lines also `attention` and
 `attention_query_chunk` (`--attention=xla|cudnn`, `--query_chunk`: how the UNet's attention runs,
 dpiqa_jax.sd.attention.AttentionKernel; the default is the training configs'). `--ratio` adds
 {"measurement", "speedup": jax img/s / torch img/s} lines. `--keep_going` reports a failed
@@ -38,7 +38,7 @@ from typing import Any
 
 from absl import app, flags
 
-from dpiqa_jax import benchmark
+from dpiqa_jax.dev import benchmark
 from dpiqa_jax.sd.attention import ATTENTION_IMPLEMENTATIONS, AttentionKernel
 
 from . import cli
@@ -90,7 +90,7 @@ def input_pipeline_record(size: benchmark.BenchmarkSize) -> benchmark.Record:
     # Imported here, not above: the pipeline needs grain, TFDS and scikit-image (for the photo),
     # which the model measurements do not, and a GPU machine may lack them.
     from dpiqa_jax.data import images  # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.data import throughput  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.dev import throughput  # pylint: disable=import-outside-toplevel
     rss_start = benchmark.peak_rss_bytes()
     side = size.resolution
     result = throughput.input_throughput(
@@ -115,7 +115,7 @@ def model_records(measurement: str, settings: benchmark.RunSettings) -> list[ben
     torch_record = None
     if _TORCH.value:
         # Imported only here: the PyTorch reference needs the dev requirements.
-        from dpiqa_jax.reference import torch_benchmark  # pylint: disable=import-outside-toplevel
+        from dpiqa_jax.dev import torch_benchmark  # pylint: disable=import-outside-toplevel
         torch_record = _measured(measurement, "torch", lambda: torch_benchmark.measure_torch(
             measurement, settings, compile_model=_TORCH_COMPILE.value))
     jax_record = _measured(measurement, "jax",

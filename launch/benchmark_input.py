@@ -5,12 +5,12 @@ r"""Measures the input pipeline's decode + resize throughput on 1024x768 JPEGs (
 The JPEGs (quality 90) are made from scikit-image's astronaut photo scaled up to 1024x768 and
 shifted per image, so no network or dataset is needed. Two figures are logged: one thread calling
 images.preprocess in a loop, and the Grain evaluation pipeline with --num_threads decoding
-threads (the measurement lives in dpiqa_jax/data/throughput.py).
+threads (the measurement lives in dpiqa_jax/dev/throughput.py).
 """
 
 from absl import flags, logging
 
-from dpiqa_jax.data.throughput import input_throughput
+from dpiqa_jax.dev.throughput import input_throughput
 
 from . import cli
 

@@ -1,7 +1,8 @@
 r"""Computes the frozen teacher's quality maps of a split's training images once, for distillation.
 
   python -m launch.cache_teacher_maps --config=configs/student.py:koniq10k \
-      --config.teacher_checkpoint=runs/teacher_koniq/best_model --output=koniq_seed0_maps.safetensors
+      --config.teacher_checkpoint=runs/teacher_koniq/best_model \
+      --output=koniq_seed0_maps.safetensors
 
 then train the student with `--config.teacher_maps_cache=koniq_seed0_maps.safetensors`. The
 cache is keyed by image content (dpiqa_jax.train.teacher_maps): it serves the same split, image

@@ -1,13 +1,14 @@
 r"""Converts the authors' DP-IQA PyTorch checkpoints into our model bundles.
 
   python -m launch.convert official-teacher --checkpoint dpiqa_teacher.pth \
-      --prompts prompts.npy --output models/teacher_koniq [--sd_config_from SD_DIR] [--image_size 512]
+      --prompts prompts.npy --output models/teacher_koniq \
+      [--sd_config_from SD_DIR] [--image_size 512]
   python -m launch.convert official-student --checkpoint dpiqa_student.pth \
       --output models/student_koniq [--backbone b7]
 
-Checkpoints: torch pickles (.pth/.pt/.bin, read without torch) or .safetensors. Conversion is strict: a
-missing, unexpected or mis-shaped tensor is an error naming it. Tensors the model does not use
-(VAE decoder, QFD.bnc1, QFD.classifier_dist, BatchNorm counters) are kept in the bundle so
+Checkpoints: torch pickles (.pth/.pt/.bin, read without torch) or .safetensors. Conversion is
+strict: a missing, unexpected or mis-shaped tensor is an error naming it. Tensors the model does
+not use (VAE decoder, QFD.bnc1, QFD.classifier_dist, BatchNorm counters) are kept in the bundle so
 `launch.export --format official` reproduces the checkpoint bit for bit.
 official-student also reads an ONNX student (the authors' student_model.onnx, recognised by its
 content; needs the onnx package), checked node by node; folded BatchNorms become identity + bias.

@@ -8,8 +8,8 @@ r"""Embeds the 1485 DP-IQA prompts with a CLIP text encoder and caches them as .
 `tokenizer/`). The output is float32 [1485, D]; `prompts.json` beside it records its provenance.
 """
 
-from absl import flags, logging
 import jax.numpy as jnp
+from absl import flags, logging
 
 from dpiqa_jax import prompts
 from dpiqa_jax.sd import clip_text, loading

@@ -29,6 +29,7 @@ from absl import app, flags, logging
 
 from dpiqa_jax.data import builders, images, sources
 from dpiqa_jax.eval import aggregate, protocol
+
 from . import cli, eval_flags
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model to evaluate: bundle dir, training "

@@ -24,8 +24,8 @@ Exit status: 0 written, 1 the model cannot be exported so, 2 usage error.
 
 import sys
 
-from absl import flags
 import jax.numpy as jnp
+from absl import flags
 
 from dpiqa_jax import export, inference, onnx_export
 

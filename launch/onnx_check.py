@@ -51,9 +51,11 @@ def check_import(workdir: str) -> None:
 
     from dpiqa_jax import bundle as bundle_lib
     from dpiqa_jax.convert import onnx_student
-    from dpiqa_jax.reference.torch_onnx_student import (TorchAuthorsStudent,
-                                                        export_like_the_authors,
-                                                        randomize_batch_norms)
+    from dpiqa_jax.dev.torch_onnx_student import (
+        TorchAuthorsStudent,
+        export_like_the_authors,
+        randomize_batch_norms,
+    )
 
     side = 512
     images = _photos(side, 2)
@@ -138,8 +140,8 @@ def check_benchmark(workdir: str) -> None:
 
     from dpiqa_jax import bundle as bundle_lib
     from dpiqa_jax import onnx_export
+    from dpiqa_jax.dev.torch_models import build_torch_student
     from dpiqa_jax.models.student import Student, StudentConfig
-    from dpiqa_jax.reference.torch_models import build_torch_student
 
     torch.set_num_threads(_THREADS.value)
     options = ort.SessionOptions()

@@ -31,7 +31,7 @@ import sys
 import jax
 from absl import app, flags
 
-from dpiqa_jax.sd import parity
+from dpiqa_jax.dev import sd_parity
 
 from . import cli
 
@@ -41,7 +41,8 @@ _RES = flags.DEFINE_integer("res", None, "Image side in pixels (latent side is r
 _BATCH = flags.DEFINE_integer("batch_size", 2, "Images per batch (the context is broadcast).",
                               lower_bound=1)
 cli.rename("batch", "batch_size")
-_SD = flags.DEFINE_string("sd", None, "A real SD 1.5 diffusers directory instead of random weights.")
+_SD = flags.DEFINE_string("sd", None,
+                          "A real SD 1.5 diffusers directory instead of random weights.")
 _TRAIN = flags.DEFINE_enum("train", None, ["teacher", "student"],
                            "Compare training steps of this model instead of forward passes.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Optimizer steps of a --train comparison (more than "
@@ -51,7 +52,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and batches of a --
 
 def _forward_parity() -> bool:
     failed = False
-    for result in parity.run_parity(_SIZE.value, _RES.value or 64, _SD.value, _BATCH.value):
+    for result in sd_parity.run_parity(_SIZE.value, _RES.value or 64, _SD.value, _BATCH.value):
         print(result.to_json(), flush=True)
         failed |= result.failed()
     return failed
@@ -59,7 +60,7 @@ def _forward_parity() -> bool:
 
 def _train_parity() -> bool:
     # Imported here: torch and the reference models only for this mode.
-    from dpiqa_jax.reference import train_parity  # pylint: disable=import-outside-toplevel
+    from dpiqa_jax.dev import train_parity  # pylint: disable=import-outside-toplevel
     if _SD.value:
         raise app.UsageError("--sd is for the forward comparison; --train uses random weights")
     # fp32 matmuls everywhere (an accelerator would otherwise use TF32/bf16 passes).

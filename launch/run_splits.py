@@ -21,13 +21,13 @@ imported when main runs, so --help works without loading the training or model c
 
 Splits already finished (workdir/<split>/test/metrics.json, or selected_on_test.json under the
 authors' protocol) are reused, so an interrupted sweep resumes. Layout:
-dpiqa_jax/eval/multi_split.py.
+dpiqa_jax/train/multi_split.py.
 """
 
 from absl import flags
 
 from dpiqa_jax.data import builders, splits
-from dpiqa_jax.eval import multi_split
+from dpiqa_jax.train import multi_split
 
 from . import cli, eval_flags
 

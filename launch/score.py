@@ -32,12 +32,13 @@ import contextlib
 import os
 import sys
 
-from absl import flags
 import jax.numpy as jnp
+from absl import flags
 
 from dpiqa_jax import score_files, scorer
 from dpiqa_jax.data import images
 from dpiqa_jax.eval import rows
+
 from . import cli
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model: bundle dir, training workdir or "

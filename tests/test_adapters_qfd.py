@@ -1,6 +1,6 @@
 """Parity of the text adapter, image adapter and Quality Feature Decoder with PyTorch references.
 
-The torch QFD and text adapter (`dpiqa_jax.reference.torch_models`) follow the authors'
+The torch QFD and text adapter (`dpiqa_jax.dev.torch_models`) follow the authors'
 `iqa_models/dpiqa.py` with configurable widths.
 """
 
@@ -13,6 +13,7 @@ from diffusers.models.adapter import FullAdapter
 
 from dpiqa_jax.convert.dpiqa import nchw_flatten_transform
 from dpiqa_jax.convert.torch_layout import torch_to_flax
+from dpiqa_jax.dev.torch_models import TorchQFD, TorchTextAdapter
 from dpiqa_jax.models.adapters import (
     ImageAdapter,
     ImageAdapterConfig,
@@ -21,7 +22,8 @@ from dpiqa_jax.models.adapters import (
     pixel_unshuffle_torch_order,
 )
 from dpiqa_jax.models.qfd import QFDConfig, QualityFeatureDecoder
-from dpiqa_jax.reference.torch_models import TorchQFD, TorchTextAdapter
+
+from helpers import nchw_to_nhwc, param_count, to_numpy_state_dict
 
 # fp32, tiny widths: differences are summation order in convs/matmuls only.
 ATOL = 1e-5
@@ -31,20 +33,8 @@ TINY_QFD = QFDConfig(level_channels=(4, 6, 8, 8), hidden=32, se_reduction=16,
                      score_channels=(16, 8, 4), map_size=16, head_hidden=24)
 
 
-def to_numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-
-
-def nchw_to_nhwc(x: torch.Tensor) -> jax.Array:
-    return jnp.asarray(x.detach().permute(0, 2, 3, 1).numpy())
-
-
 def qfd_unused_key(key: str) -> bool:
     return key.startswith(("bnc1.", "classifier_dist."))
-
-
-def param_count(variables) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables))
 
 
 def torch_up_features(cfg: QFDConfig, batch: int, seed: int) -> list[torch.Tensor]:

@@ -9,15 +9,15 @@ steps, so those two measurements are a `slow` test.
 import json
 import math
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from dpiqa_jax import benchmark
+from dpiqa_jax.dev import benchmark
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
+
 COMMON_KEYS = {"measurement", "framework", "batch", "resolution", "img_per_s", "step_ms",
                "steps", "compile_s", "peak_memory_bytes", "peak_memory_kind", "flops_per_image",
                "tflops", "mfu", "peak_tflops", "dtype", "device", "weights"}
@@ -32,8 +32,8 @@ def run_launcher(*args: str, expected_status: int = 0) -> list[dict]:
     script = ("from absl import app\nfrom launch import benchmark\n"
               "app.run(benchmark.main, argv=['benchmark', *" + repr(list(args)) + "])\n")
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu",
              "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}"})
     assert result.returncode == expected_status, result.stderr[-3000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

@@ -3,6 +3,7 @@ variables against the model, finite weights, safetensors checked by the library)
 
 import dataclasses
 import json
+import os
 import struct
 
 import ml_dtypes
@@ -10,7 +11,14 @@ import numpy as np
 import pytest
 
 from dpiqa_jax import bundle
-from test_scorer import STUDENT_CONFIG, default_metadata, student_variables
+
+from helpers import (
+    STUDENT_CONFIG,
+    TEXT_DIM,
+    default_metadata,
+    make_teacher_bundle,
+    student_variables,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +163,12 @@ def test_nested_config_dataclass_round_trips_through_json():
     assert bundle.dataclass_from_dict(_Outer, data) == config
     with pytest.raises(ValueError, match="unknown config fields"):
         bundle.dataclass_from_dict(_Inner, {"widths": [1], "name": "a", "typo": 1})
+
+
+def test_a_prompts_header_declaring_more_than_the_file_holds_is_refused(tmp_path):
+    directory = make_teacher_bundle(tmp_path / "teacher")
+    with open(os.path.join(directory, bundle.PROMPTS_FILE), "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (10**12, TEXT_DIM)})
+    with pytest.raises(bundle.BundleError, match="prompts.npy: the header declares"):
+        bundle.load_bundle(directory)

@@ -12,8 +12,9 @@ import pytest
 from dpiqa_jax.data import splits
 from launch import cli, console
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH_DIR = os.path.join(REPO, "launch")
+from helpers import REPO_ROOT
+
+LAUNCH_DIR = os.path.join(REPO_ROOT, "launch")
 # Flags each launcher reads from a shared flag module: --help must list them too.
 ADOPTED_FLAGS = {
     "train": ("--workdir", "--config", "--multihost", "--coordinator_address", "--process_id"),
@@ -29,9 +30,9 @@ ADOPTED_FLAGS = {
 }
 
 
-def run_python(*args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
+def run_python(*args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300, check=False)
 
@@ -131,7 +132,7 @@ def test_normalize_argv_underscores_names_only():
 
 @pytest.mark.parametrize("spelling", ["teacher:tiny", "configs/teacher.py:tiny"])
 def test_named_and_path_configs_are_the_same(spelling, monkeypatch):
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(REPO_ROOT)
     config = cli._ConfigParser(name="config").parse(spelling)  # pylint: disable=protected-access
     assert config.to_dict() == cli.config_module("teacher").get_config("tiny").to_dict()
     with pytest.raises(AttributeError):

@@ -1,7 +1,5 @@
 """Flax CLIP text encoder vs transformers (tiny random models, fp32) and the tokenizer wrapper."""
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,77 +11,18 @@ import transformers
 from dpiqa_jax.convert import torch_layout
 from dpiqa_jax.sd import clip_text
 
-LEGACY_EOS = 2
+from helpers import (
+    LEGACY_EOS,
+    convert_reference,
+    tiny_reference,
+    tiny_text_config,
+    write_tiny_clip_tokenizer,
+)
+
 SEQ_LEN = 16
 LENGTHS = (3, 9, SEQ_LEN - 1)  # index of EOS per row: padded batch of different lengths
 ATOL = 5e-6  # measured max abs error ~5e-7 with |states| ~1.4
 RTOL = 1e-5
-# Test-only merges: enough to build multi-character tokens, so BPE (not only bytes) is exercised.
-TINY_MERGES = (("p", "h"), ("o", "t"), ("ph", "ot"), ("phot", "o</w>"), ("q", "u"), ("a", "l"),
-               ("qu", "al"), ("i", "t"), ("qual", "it"), ("qualit", "y</w>"))
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP byte-level alphabet: one printable character per byte value, in byte order."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    codes, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            codes.append(byte)
-        else:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
-def write_tiny_clip_tokenizer(directory) -> dict[str, int]:
-    """A valid minimal CLIP BPE vocabulary (all bytes, with and without `</w>`, a few merges),
-    special tokens last so EOS is the largest id as in the real vocabulary. Returns the vocab."""
-    alphabet = _bytes_to_unicode()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in TINY_MERGES]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in TINY_MERGES))
-    return vocab
-
-
-def tiny_text_config(vocab_size: int, *, hidden_act: str = "quick_gelu",
-                     eos_token_id: int = LEGACY_EOS) -> transformers.CLIPTextConfig:
-    return transformers.CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, hidden_act=hidden_act,
-        layer_norm_eps=1e-5, projection_dim=24, bos_token_id=vocab_size - 2,
-        eos_token_id=eos_token_id, pad_token_id=vocab_size - 1)
-
-
-def tiny_reference(config: transformers.CLIPTextConfig, with_projection: bool, seed: int = 0):
-    torch.manual_seed(seed)
-    model_class = (transformers.CLIPTextModelWithProjection if with_projection
-                   else transformers.CLIPTextModel)
-    model = model_class(config).eval()
-    # CLIP's init (std 0.02) keeps activations near 0, where gelu and quick_gelu agree and
-    # attention is nearly uniform; wider weights make the test see those differences.
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.3)
-    return model
-
-
-def convert_reference(model) -> tuple[clip_text.CLIPTextEncoder, dict]:
-    """Our encoder + its params from a transformers model's state_dict."""
-    config = clip_text.CLIPTextConfig.from_transformers(model.config.to_dict())
-    encoder = clip_text.CLIPTextEncoder(
-        config, with_projection=isinstance(model, transformers.CLIPTextModelWithProjection))
-    target = jax.eval_shape(encoder.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
-    state = clip_text.with_text_model_prefix(
-        {k: v.numpy() for k, v in model.state_dict().items()})
-    variables = torch_layout.torch_to_flax(state, target, ignore=[r"position_ids"])
-    return encoder, variables["params"]
 
 
 def padded_batch(vocab_size: int, eos_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

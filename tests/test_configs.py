@@ -1,7 +1,6 @@
 """The training configs: every variant builds, carries the authors' recipe, is locked against
 mistyped keys, and takes `--config.key=value` overrides the way launch/train.py parses them."""
 
-import os
 
 import ml_collections
 import pytest
@@ -11,10 +10,11 @@ from ml_collections import config_flags
 from configs import common
 from configs import student as student_configs
 from configs import teacher as teacher_configs
-from dpiqa_jax.eval.multi_split import SplitRef
 from dpiqa_jax.train import run
+from dpiqa_jax.train.multi_split import SplitRef
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO_ROOT
+
 CONFIG_MODULES = {"teacher": teacher_configs, "student": student_configs}
 REQUIRED_FIELDS = ("seed", "total_steps", "num_epochs", "checkpoint_every_steps",
                    "log_every_steps", "eval_every_steps", "eval_every_epochs", "protocol",
@@ -84,7 +84,7 @@ def test_docstring_gives_the_command(kind):
 def test_a_config_file_loaded_from_its_path_builds_the_same_config(kind, monkeypatch):
     """ml_collections loads a config file outside any package; its import of `common` must work
     there as well as in the package (configs.teacher, dpiqa_jax.configs.teacher installed)."""
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(REPO_ROOT)
     assert _parse([f"--config=configs/{kind}.py:tiny"]).to_dict() == (
         CONFIG_MODULES[kind].get_config("tiny").to_dict())
 
@@ -100,7 +100,7 @@ def _parse(argv):
 
 
 def test_overrides_reach_the_config(monkeypatch):
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(REPO_ROOT)
     config = _parse(["--config=configs/teacher.py:koniq10k", "--config.seed=7",
                      "--config.optimizer.learning_rate=0.001", "--config.mesh=data=2,fsdp=4",
                      "--config.schedule.milestone_epochs=(3,9)", "--config.freeze_unet=True"])
@@ -110,13 +110,13 @@ def test_overrides_reach_the_config(monkeypatch):
 
 
 def test_mistyped_override_is_rejected(monkeypatch):
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(REPO_ROOT)
     with pytest.raises((AttributeError, flags.Error), match="learnig_rate"):
         _parse(["--config=configs/teacher.py:koniq10k", "--config.optimizer.learnig_rate=0.1"])
 
 
 def test_loaded_config_is_locked(monkeypatch):
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(REPO_ROOT)
     config = _parse(["--config=configs/student.py:tiny"])
     with pytest.raises(AttributeError):
         config.sed = 1

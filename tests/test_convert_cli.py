@@ -9,118 +9,32 @@ their key names; the student comes from our converter's torch layout. The helper
 import json
 import os
 
-import diffusers
 import numpy as np
 import pytest
 import torch
-from diffusers.models.adapter import FullAdapter
 
 from dpiqa_jax import bundle, export
 from dpiqa_jax.convert.dpiqa import official_teacher_shapes
-from dpiqa_jax.convert.efficientnet import official_student_shapes, student_flax_to_official
+from dpiqa_jax.convert.efficientnet import official_student_shapes
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError
 from dpiqa_jax.models.student import StudentConfig
 from dpiqa_jax.models.teacher import TeacherConfig
-from test_scorer import (IMAGE_SIZE, NUM_PROMPTS, STUDENT_CONFIG, TEACHER_CONFIG, TEXT_DIM,
-                         TINY_CHANNELS, TINY_UNET, TINY_VAE, run_module, student_variables)
 
-DISTORTION_CLASSES = 24
-
+from helpers import (
+    IMAGE_SIZE,
+    NUM_PROMPTS,
+    STUDENT_CONFIG,
+    TEACHER_CONFIG,
+    TEXT_DIM,
+    official_student_state_dict,
+    official_teacher_state_dict,
+    run_module,
+    save_torch,
+    write_prompts,
+    write_sd_configs,
+)
 
 # --------------------------------------------------------------------------- tiny checkpoints
-
-
-def _prefixed(prefix: str, module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {prefix + k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-
-
-def _qfd_entries(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The authors' QFD keys in their module order, at TEACHER_CONFIG.qfd's widths."""
-    qfd = TEACHER_CONFIG.qfd
-    hidden, squeeze = qfd.hidden, qfd.hidden // qfd.se_reduction
-    shapes: dict[str, tuple] = {}
-
-    def squeeze_excite(name):
-        shapes[f"{name}.fc.0.weight"] = (squeeze, hidden)
-        shapes[f"{name}.fc.2.weight"] = (hidden, squeeze)
-
-    for index, channels in enumerate(qfd.level_channels, start=1):
-        shapes[f"conv{index}.weight"] = (hidden, channels, 3, 3)
-        shapes[f"conv{index}.bias"] = (hidden,)
-        squeeze_excite(f"se{index}")
-    shapes["fuse_conv.weight"] = (hidden, hidden * len(qfd.level_channels), 3, 3)
-    shapes["fuse_conv.bias"] = (hidden,)
-    squeeze_excite("se_fuse")
-    for leaf in ("weight", "bias", "running_mean", "running_var"):
-        shapes[f"bnc1.{leaf}"] = (hidden,)
-    previous = hidden
-    for index, channels in enumerate(qfd.score_channels, start=1):
-        shapes[f"conv_score{index}.weight"] = (channels, previous, 1, 1)
-        shapes[f"conv_score{index}.bias"] = (channels,)
-        previous = channels
-    flat = previous * qfd.map_size * qfd.map_size
-    for name, (out, inp) in (("fc1", (qfd.head_hidden, flat)),
-                             ("fc2", (qfd.head_hidden, qfd.head_hidden)),
-                             ("fc3", (1, qfd.head_hidden)),
-                             ("classifier_dist", (DISTORTION_CLASSES, qfd.head_hidden))):
-        shapes[f"{name}.weight"] = (out, inp)
-        shapes[f"{name}.bias"] = (out,)
-    entries = {"QFD." + k: (rng.standard_normal(s) / np.sqrt(s[-1])).astype(np.float32)
-               for k, s in shapes.items()}
-    entries["QFD.bnc1.running_var"] = np.abs(entries["QFD.bnc1.running_var"]) + 0.5
-    entries["QFD.bnc1.num_batches_tracked"] = np.array(1234, np.int64)
-    keys = list(entries)  # the counter sits after running_var, as torch registers it
-    keys.insert(keys.index("QFD.bnc1.running_var") + 1, keys.pop())
-    return {k: entries[k] for k in keys}
-
-
-def official_teacher_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-    """A tiny teacher checkpoint in the authors' layout and key order (VAE decoder included)."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    vae = diffusers.AutoencoderKL(**TINY_VAE)
-    unet = diffusers.UNet2DConditionModel(**TINY_UNET)
-    adapter = FullAdapter(channels=list(TINY_CHANNELS), num_res_blocks=1)
-    state = {"gamma": rng.normal(0, 0.01, TEXT_DIM).astype(np.float32)}
-    state.update(_prefixed("vae.", vae))
-    state.update(_prefixed("unet.", unet))
-    for name in ("fc.0", "fc.2"):
-        state[f"text_adapter.{name}.weight"] = rng.normal(
-            0, TEXT_DIM ** -0.5, (TEXT_DIM, TEXT_DIM)).astype(np.float32)
-        state[f"text_adapter.{name}.bias"] = rng.normal(0, 0.01, TEXT_DIM).astype(np.float32)
-    state.update(_prefixed("img_adapter.", adapter))
-    state.update(_qfd_entries(rng))
-    return state
-
-
-def official_student_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-    """A tiny (B0, 8x8 map) student checkpoint in the authors' layout, BN counters set."""
-    state = student_flax_to_official(student_variables(seed))
-    for index, key in enumerate(k for k in state if k.endswith("num_batches_tracked")):
-        state[key] = np.array(1000 + index, np.int64)
-    return state
-
-
-def save_torch(state_dict, path) -> str:
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, str(path))
-    return str(path)
-
-
-def write_sd_configs(directory) -> str:
-    """A diffusers-style directory holding only the tiny unet/ and vae/ config.json."""
-    for name, model in (("unet", diffusers.UNet2DConditionModel(**TINY_UNET)),
-                        ("vae", diffusers.AutoencoderKL(**TINY_VAE))):
-        model.save_config(os.path.join(str(directory), name))
-    return str(directory)
-
-
-def write_prompts(directory, count: int = NUM_PROMPTS, dim: int = TEXT_DIM,
-                  dtype=np.float32) -> str:
-    path = os.path.join(str(directory), "prompts.npy")
-    np.save(path, np.random.default_rng(5).standard_normal((count, dim)).astype(dtype))
-    with open(os.path.join(str(directory), "prompts.json"), "w", encoding="utf-8") as f:
-        json.dump({"prompt_count": count, "mode": "clip_projected"}, f)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +152,6 @@ def test_student_wrong_backbone_is_refused(tmp_path):
     with pytest.raises(StateDictMismatchError, match="does not fit the model"):
         export.import_official_student(checkpoint, str(tmp_path / "b"), backbone="b1",
                                        image_size=IMAGE_SIZE)
-
 
 # --------------------------------------------------------------------------- the command
 

@@ -12,8 +12,14 @@ from dpiqa_jax.convert.dpiqa import (
 )
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError
 from dpiqa_jax.models.teacher import Teacher
-from test_adapters_qfd import param_count
-from test_teacher import TINY_CONFIG, build_torch_teacher, official_state_dict, teacher_target
+
+from helpers import (
+    PARITY_TEACHER,
+    build_torch_teacher,
+    official_state_dict,
+    param_count,
+    teacher_target,
+)
 
 UNUSED_PREFIXES = ("vae.decoder.", "vae.post_quant_conv.", "QFD.bnc1.", "QFD.classifier_dist.")
 
@@ -25,7 +31,7 @@ def tiny_state_dict() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny_target():
-    return teacher_target(Teacher(TINY_CONFIG))
+    return teacher_target(Teacher(PARITY_TEACHER))
 
 
 def _shapes(state_dict):
@@ -62,7 +68,7 @@ def test_fc1_rows_are_permuted_to_nhwc(tiny_state_dict, tiny_target):
     variables, _ = teacher_official_to_flax(tiny_state_dict, tiny_target)
     kernel = variables["params"]["QFD"]["fc1"]["kernel"]
     weight = tiny_state_dict["QFD.fc1.weight"]
-    channels, side = 4, 8  # TINY_CONFIG's quality map: 4 channels, 8x8
+    channels, side = 4, 8  # PARITY_TEACHER's quality map: 4 channels, 8x8
     # flax row of (h=1, w=2, c=3) is torch column c*H*W + h*W + w
     np.testing.assert_array_equal(kernel[(1 * side + 2) * channels + 3],
                                   weight[:, 3 * side * side + 1 * side + 2])

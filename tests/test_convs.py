@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpiqa_jax import inits
-from dpiqa_jax.convs import DepthwiseConv, PointwiseConv
+from dpiqa_jax.primitives import inits
+from dpiqa_jax.primitives.convs import DepthwiseConv, PointwiseConv
 
 
 def _loss(module: nn.Module):

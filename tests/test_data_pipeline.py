@@ -4,7 +4,6 @@ per-process sharding, padded evaluation, global arrays."""
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,14 +11,14 @@ import pytest
 
 from dpiqa_jax.data import images, pipeline, sources, splits
 
-import iqa_layouts
+import helpers
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = images.ImageConfig(height=8, width=8)
 
 
 def memory_source(count: int = 10) -> sources.InMemorySource:
-    return sources.InMemorySource([(f"img{i:02d}.png", iqa_layouts.encoded_image(i, fmt="PNG"),
+    return sources.InMemorySource([(f"img{i:02d}.png", helpers.encoded_image(i, fmt="PNG"),
                                     i / count) for i in range(count)])
 
 
@@ -50,7 +49,7 @@ def test_in_memory_source_records():
 def built_kadid(tmp_path_factory):
     """A miniature KADID build and a split file over it (grouped by reference)."""
     tmp_path = tmp_path_factory.mktemp("kadid")
-    _, layout = iqa_layouts.build_mini("kadid10k", tmp_path)
+    _, layout = helpers.build_mini("kadid10k", tmp_path)
     names = sorted(layout.expected)
     groups = {name: layout.expected[name][1]["reference_name"] for name in names}
     split_file = splits.write_random_split_file(
@@ -186,8 +185,8 @@ def test_hflip_flips_exactly_and_only_when_enabled():
 
 
 def test_random_crop_moves_the_window():
-    wide = sources.InMemorySource([("wide.png", iqa_layouts.encoded_image(3, size=(64, 8),
-                                                                          fmt="PNG"), 0.5)])
+    wide = sources.InMemorySource([("wide.png", helpers.encoded_image(3, size=(64, 8),
+                                                                      fmt="PNG"), 0.5)])
     image = images.ImageConfig(height=8, width=8, resize_mode="keep_aspect_crop")
     cfg = config(batch_size=1, num_epochs=6, image=image,
                  augment=pipeline.AugmentConfig(random_crop=True))
@@ -253,7 +252,7 @@ def test_global_batch_is_sharded_over_the_batch_axes():
         import os
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
         import sys
-        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(REPO_ROOT)!r})
         import jax, numpy as np
         from dpiqa_jax.data import pipeline
         mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))

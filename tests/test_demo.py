@@ -1,4 +1,5 @@
-"""The demo end to end at a few steps: both models trained, evaluated on held-out photos, reported."""
+"""The demo end to end at a few steps: both models trained, evaluated on held-out photos,
+reported."""
 
 import json
 import os

@@ -1,5 +1,5 @@
 """EfficientNet in Flax against torchvision's structure (the torch reference of
-`dpiqa_jax.reference.torch_models`, since torchvision cannot load beside the CPU torch) and against
+`dpiqa_jax.dev.torch_models`, since torchvision cannot load beside the CPU torch) and against
 the real EfficientNet-Lite0 weights."""
 
 import dataclasses
@@ -17,10 +17,16 @@ from PIL import Image
 
 from dpiqa_jax.convert import efficientnet as convert
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError, read_state_dict_file
+from dpiqa_jax.dev.torch_models import TorchEfficientNet, TorchMBConv
 from dpiqa_jax.models.efficientnet import (
-    BlockConfig, EfficientNet, EfficientNetConfig, ImageNetClassifier, MBConv, StageConfig,
-    efficientnet_config)
-from dpiqa_jax.reference.torch_models import TorchEfficientNet, TorchMBConv
+    BlockConfig,
+    EfficientNet,
+    EfficientNetConfig,
+    ImageNetClassifier,
+    MBConv,
+    StageConfig,
+    efficientnet_config,
+)
 
 # `num_params` of torchvision's efficientnet_b0..b7 weights (torchvision/models/efficientnet.py).
 TORCHVISION_NUM_PARAMS = {

@@ -7,18 +7,18 @@ import math
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dpiqa_jax.data import images, sources, splits
-from dpiqa_jax.eval import aggregate, metrics, multi_split, protocol
+from dpiqa_jax.eval import aggregate, metrics, protocol
 from dpiqa_jax.eval import rows as rows_lib
+from dpiqa_jax.train import multi_split
 
-import iqa_layouts
+import helpers
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = images.ImageConfig(height=8, width=8)
 
 
@@ -29,7 +29,7 @@ def brightness(batch: np.ndarray) -> np.ndarray:
 
 def bright_source(count: int) -> sources.InMemorySource:
     # encoded_image(i) gets brighter with i, and so does the label.
-    return sources.InMemorySource([(f"img{i}.png", iqa_layouts.encoded_image(i, fmt="PNG"),
+    return sources.InMemorySource([(f"img{i}.png", helpers.encoded_image(i, fmt="PNG"),
                                     i / count) for i in range(count)])
 
 
@@ -142,7 +142,7 @@ def test_run_over_splits_with_injected_training(tmp_path):
 
 
 def test_make_test_evaluator_scores_the_test_part(tmp_path):
-    _, layout = iqa_layouts.build_mini("koniq10k", tmp_path)
+    _, layout = helpers.build_mini("koniq10k", tmp_path)
     names = sorted(layout.expected)
     split_file = splits.write_split_file(
         tmp_path / "split.json", "koniq10k", names,
@@ -185,10 +185,10 @@ def test_cross_dataset_table(tmp_path):
 
 
 def test_evaluate_launcher_with_a_stand_in_scorer(tmp_path):
-    _, layout = iqa_layouts.build_mini("flive", tmp_path)
+    _, layout = helpers.build_mini("flive", tmp_path)
     script = textwrap.dedent(f"""
         import sys, types
-        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(REPO_ROOT)!r})
         stand_in = types.ModuleType("dpiqa_jax.scorer")
         def load_predict_fn(checkpoint):
             def predict(x):
@@ -205,7 +205,7 @@ def test_evaluate_launcher_with_a_stand_in_scorer(tmp_path):
                                      "--out_dir={tmp_path / 'eval'}"])
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=REPO, timeout=180)
+                            cwd=REPO_ROOT, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert document["metrics"]["num_images"] == len(layout.expected)

@@ -18,10 +18,20 @@ import torch
 
 from dpiqa_jax import bundle, export, scorer
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError, read_safetensors
-from test_convert_cli import (official_student_state_dict, official_teacher_state_dict,
-                              save_torch, write_prompts, write_sd_configs)
-from test_scorer import (IMAGE_SIZE, MAP_SIZE, make_student_bundle,
-                         make_teacher_bundle, random_image, run_module)
+
+from helpers import (
+    IMAGE_SIZE,
+    MAP_SIZE,
+    make_student_bundle,
+    make_teacher_bundle,
+    official_student_state_dict,
+    official_teacher_state_dict,
+    random_image,
+    run_module,
+    save_torch,
+    write_prompts,
+    write_sd_configs,
+)
 
 # The exported program bakes the weights in as constants; XLA may fold them differently from the
 # scorer's program, so outputs agree to float32 rounding.

@@ -23,9 +23,16 @@ import torch
 from dpiqa_jax import prompts
 from dpiqa_jax.convert import torch_layout, torch_pickle
 from dpiqa_jax.convert.torch_pickle import CheckpointError
-from test_convert_cli import (official_student_state_dict, official_teacher_state_dict, save_torch,
-                              write_sd_configs)
-from test_scorer import IMAGE_SIZE, REPO_ROOT, run_module
+
+from helpers import (
+    IMAGE_SIZE,
+    REPO_ROOT,
+    official_student_state_dict,
+    official_teacher_state_dict,
+    run_module,
+    save_torch,
+    write_sd_configs,
+)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 CHILD_TIMEOUT_S = 60

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dpiqa_jax import inits
-from dpiqa_jax.convs import Conv2d, PointwiseConv
 from dpiqa_jax.models.adapters import ImageAdapter, ImageAdapterConfig, TextAdapter
 from dpiqa_jax.models.qfd import QFDConfig, QualityFeatureDecoder
 from dpiqa_jax.models.student import TorchConvTranspose2d
+from dpiqa_jax.primitives import inits
+from dpiqa_jax.primitives.convs import Conv2d, PointwiseConv
 
 
 def _torch_fan_in(weight: torch.Tensor) -> int:

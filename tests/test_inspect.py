@@ -10,7 +10,8 @@ import pytest
 
 from configs import student, teacher
 from dpiqa_jax.train import footprint
-from test_train_multidevice import REPO, child_environment
+
+from helpers import REPO_ROOT, child_environment
 
 # design.md: SD 1.5 UNet, T2I full adapter, text adapter + gamma, QFD; torchvision B7 student.
 EXPECTED_TEACHER = {"unet": 859_520_964, "image_adapter": 77_369_280, "text_adapter": 1_181_952,
@@ -31,7 +32,7 @@ def test_launcher_emulates_the_mesh_devices(spec, count):
     env = dict(os.environ, XLA_FLAGS="")
     code = ("import sys; sys.argv = ['inspect', '--mesh', sys.argv[1]]; import launch.inspect, os;"
             " print(os.environ['XLA_FLAGS'])")
-    out = subprocess.run([sys.executable, "-c", code, spec], env=env, cwd=REPO, check=True,
+    out = subprocess.run([sys.executable, "-c", code, spec], env=env, cwd=REPO_ROOT, check=True,
                          capture_output=True, text=True).stdout.strip()
     assert out == ("" if count is None else f"--xla_force_host_platform_device_count={count}")
 
@@ -41,7 +42,7 @@ def test_launcher_prints_one_line_per_module_and_the_step_memory():
     env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=1", "")
     result = subprocess.run(
         [sys.executable, "-m", "launch.inspect", "--config=configs/student.py:tiny",
-         "--mesh=data=2,fsdp=1"], env=env, cwd=REPO, capture_output=True, text=True,
+         "--mesh=data=2,fsdp=1"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]

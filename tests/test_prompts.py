@@ -9,8 +9,8 @@ from absl import flags
 
 from dpiqa_jax import prompts
 from dpiqa_jax.sd import clip_text
-from test_clip_text import (convert_reference, tiny_reference, tiny_text_config,
-                            write_tiny_clip_tokenizer)
+
+from helpers import convert_reference, tiny_reference, tiny_text_config, write_tiny_clip_tokenizer
 
 ATOL = 5e-6
 RTOL = 1e-5

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpiqa_jax.models.resize import (
+from dpiqa_jax.primitives.resize import (
     nearest_source_indices,
     resize_bicubic_torch,
     resize_nearest_torch,

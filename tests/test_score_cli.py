@@ -15,9 +15,8 @@ from PIL import Image
 
 from dpiqa_jax import heatmap, score_files, scorer
 from dpiqa_jax.eval import rows as rows_lib
-from test_scorer import (IMAGE_SIZE, MAP_SIZE, bad_input_files, random_image, run_module,  # noqa: F401
-                         save_image, student, student_dir)
 
+from helpers import IMAGE_SIZE, MAP_SIZE, bad_input_files, random_image, run_module, save_image
 
 
 def _tree(root):

@@ -18,7 +18,8 @@ import pytest
 
 from dpiqa_jax import score_files, scorer
 from dpiqa_jax.eval import rows as rows_lib
-from test_scorer import REPO_ROOT, random_image, save_image, student, student_dir  # noqa: F401
+
+from helpers import REPO_ROOT, random_image, save_image
 
 # Generous for a loaded CI machine; a hang (the failure mode tested) never ends.
 SUBPROCESS_TIMEOUT_S = 240
@@ -36,7 +37,8 @@ def _run(*args, timeout=SUBPROCESS_TIMEOUT_S):
 def _hostile_folder(root):
     """root/ with two good images and one of each hostile kind; returns (expected rows, socket)."""
     root.mkdir()
-    good = [save_image(root / "a.png", random_image(0)), save_image(root / "b.png", random_image(1))]
+    good = [save_image(root / "a.png", random_image(0)),
+            save_image(root / "b.png", random_image(1))]
     os.mkfifo(root / "fifo.jpg")
     os.symlink("/dev/zero", root / "zero.png")
     os.symlink("loop.png", root / "loop.png")

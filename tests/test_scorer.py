@@ -1,61 +1,31 @@
 """The scoring API: input kinds, bad inputs, padding, determinism, score scale, model resolution.
 
 Tiny random models (a B0 student, a 4-level teacher with 8-16 channels) on 64x64 inputs. The
-`make_*_bundle` helpers are shared with the CLI and export tests.
+`make_*_bundle` helpers live in helpers.py.
 """
 
 import dataclasses
-import io
 import os
 import re
-import struct
-import subprocess
-import sys
-import zlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from dpiqa_jax import bundle, inference, scorer
-from dpiqa_jax.models.adapters import ImageAdapterConfig
-from dpiqa_jax.models.qfd import QFDConfig
-from dpiqa_jax.models.student import Student, StudentConfig
-from dpiqa_jax.models.teacher import Teacher, TeacherConfig
-from dpiqa_jax.sd.unet import UNetConfig
-from dpiqa_jax.sd.vae import VAEConfig
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE_SIZE = 64
-MAP_SIZE = 8
-MOS_SCALE = 100.0
-STUDENT_CONFIG = StudentConfig(backbone="b0", map_size=MAP_SIZE)
-
-TEXT_DIM = 8
-NUM_PROMPTS = 3
-TINY_CHANNELS = (8, 16, 16, 16)
-TINY_UNET = {
-    "in_channels": 4, "out_channels": 4, "block_out_channels": list(TINY_CHANNELS),
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                         "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                       "CrossAttnUpBlock2D"],
-    "layers_per_block": 1, "attention_head_dim": 2, "cross_attention_dim": TEXT_DIM,
-    "norm_num_groups": 4,
-}
-TINY_VAE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 8, 8, 8],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": 0.18215,
-}
-TEACHER_CONFIG = TeacherConfig(
-    unet=UNetConfig.from_diffusers(TINY_UNET), vae=VAEConfig.from_diffusers(TINY_VAE),
-    image_adapter=ImageAdapterConfig(channels=TINY_CHANNELS, num_res_blocks=1),
-    qfd=QFDConfig(level_channels=TINY_CHANNELS, hidden=16, se_reduction=4, score_channels=(8, 4),
-                  map_size=MAP_SIZE, head_hidden=8),
-    text_dim=TEXT_DIM)
+from helpers import (
+    IMAGE_SIZE,
+    MAP_SIZE,
+    MOS_SCALE,
+    STUDENT_CONFIG,
+    bad_input_files,
+    default_metadata,
+    make_student_bundle,
+    random_image,
+    save_image,
+    student_variables,
+)
 
 # Same compiled program, rows computed independently: padding must not change a score beyond
 # float32 rounding.
@@ -66,137 +36,7 @@ PADDING_ATOL = 1e-6
 # --------------------------------------------------------------------------- shared helpers
 
 
-def random_variables(abstract, seed: int):
-    """Numpy variables for an abstract tree: He-scaled kernels, BatchNorm near identity.
-
-    At this scale a deep random network still passes differences between images through, so
-    distinct images get distinct scores.
-    """
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, spec):
-        name = path[-1].key
-        shape = spec.shape
-        if name == "mean":
-            return np.zeros(shape, np.float32)
-        if name == "var":
-            return rng.uniform(0.5, 1.0, shape).astype(np.float32)
-        if name in ("scale", "gamma"):
-            return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        if name in ("kernel", "embedding"):
-            fan_in = int(np.prod(shape[:-1])) or 1
-            return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        return (0.01 * rng.standard_normal(shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, abstract)
-
-
-def student_variables(seed: int = 0):
-    abstract = jax.eval_shape(lambda: Student(STUDENT_CONFIG).init(
-        jax.random.key(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)), train=False))
-    return random_variables(abstract, seed)
-
-
-def teacher_variables_and_prompts(seed: int = 0):
-    prompts = np.random.default_rng(seed + 100).standard_normal(
-        (NUM_PROMPTS, TEXT_DIM)).astype(np.float32)
-    abstract = jax.eval_shape(lambda: Teacher(TEACHER_CONFIG).init(
-        jax.random.key(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)), prompts))
-    return random_variables(abstract, seed), prompts
-
-
-def default_metadata(**overrides):
-    return {"mos_scale": MOS_SCALE, "image_size": IMAGE_SIZE, **overrides}
-
-
-def make_student_bundle(directory, metadata=None) -> str:
-    return bundle.save_bundle(str(directory), "student", STUDENT_CONFIG, student_variables(),
-                              metadata=default_metadata() if metadata is None else metadata)
-
-
-def make_teacher_bundle(directory, metadata=None) -> str:
-    variables, prompts = teacher_variables_and_prompts()
-    return bundle.save_bundle(str(directory), "teacher", TEACHER_CONFIG, variables,
-                              prompts=prompts,
-                              metadata=default_metadata() if metadata is None else metadata)
-
-
-def random_image(seed: int, size=(IMAGE_SIZE, IMAGE_SIZE)) -> np.ndarray:
-    """uint8 [H, W, 3] with smooth structure plus noise (W, H = size)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = 127 + 100 * np.sin(xx[..., None] / (3 + seed) + yy[..., None] / 5 + np.arange(3))
-    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-
-
-def save_image(path, array: np.ndarray, **kwargs) -> str:
-    Image.fromarray(array).save(str(path), **kwargs)
-    return str(path)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height but holds one tiny IDAT: a decompression bomb's
-    shape without its memory."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
-
-
-def bad_input_files(directory) -> dict[str, tuple[str, str]]:
-    """name -> (path, regex the error must match) for every kind of bad file."""
-    directory = str(directory)
-    good = random_image(3)
-    png = io.BytesIO()
-    Image.fromarray(good).save(png, format="PNG")
-    cases = {}
-
-    def write(name, data: bytes):
-        path = os.path.join(directory, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
-
-    cases["zero_byte"] = (write("empty.jpg", b""), "cannot decode")
-    cases["truncated"] = (write("truncated.png", png.getvalue()[:200]), "cannot decode")
-    cases["not_an_image"] = (write("notes.jpg", b"this is a text file\n" * 10), "cannot decode")
-    cases["bomb"] = (write("bomb.png", png_header_only(100_000, 100_000)),
-                     "exceeds (the )?limit")
-    cases["tiny"] = (save_image(os.path.join(directory, "one_pixel.png"),
-                                np.zeros((1, 1, 3), np.uint8)), "smaller than the minimum")
-    os.makedirs(os.path.join(directory, "a_folder.jpg"))
-    cases["directory"] = (os.path.join(directory, "a_folder.jpg"), "is a directory")
-    cases["missing"] = (os.path.join(directory, "missing.jpg"), "no such file")
-    return cases
-
-
-def run_module(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args` from the repository root (its PYTHONPATH first), text output."""
-    paths = [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join(paths))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    return make_student_bundle(tmp_path_factory.mktemp("student"))
-
-
-@pytest.fixture(scope="module")
-def student(student_dir):
-    return scorer.Scorer.load(student_dir, batch_size=2)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    return make_teacher_bundle(tmp_path_factory.mktemp("teacher"))
 
 
 # --------------------------------------------------------------------------- student: the API
@@ -384,9 +224,9 @@ def test_a_bundle_without_mos_scale_needs_one(tmp_path):
 def test_workdir_resolves_to_best_model(tmp_path, student_dir):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    os.symlink(student_dir, workdir / inference.BEST_MODEL_SUBDIR)
+    os.symlink(student_dir, workdir / bundle.BEST_MODEL_DIR)
     model_bundle, resolved = scorer.resolve_model(str(workdir))
-    assert resolved.endswith(inference.BEST_MODEL_SUBDIR) and model_bundle.kind == "student"
+    assert resolved.endswith(bundle.BEST_MODEL_DIR) and model_bundle.kind == "student"
     with pytest.raises(FileNotFoundError, match="neither a model bundle"):
         scorer.resolve_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="model not found"):
@@ -433,7 +273,6 @@ def test_teacher_posterior_sample_is_fixed_per_image(teacher_dir):
     assert not np.allclose(first, mean_scores, rtol=1e-3), "sampling changed nothing"
     other_seed = scorer.Scorer.load(teacher_dir, batch_size=2, latent="sample", seed=8)
     assert not np.allclose(other_seed.score(images), first, rtol=1e-3)
-
 
 
 # --------------------------------------------------------------------------- buckets, batches

@@ -15,12 +15,11 @@ from diffusers.models.upsampling import Upsample2D as TorchUpsample2D
 from dpiqa_jax.convert.torch_layout import torch_to_flax
 from dpiqa_jax.sd import layers
 from dpiqa_jax.sd.attention import AttentionKernel
-from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNet, UNetConfig
+from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNet, UNetConfig, tiny_unet_config
 
 BATCH, LATENT, CONTEXT_LEN, CONTEXT_DIM = 2, 32, 150, 32
 # SD 1.5's block structure at toy width; channels change between blocks (conv shortcuts).
-TINY_UNET = dict(block_out_channels=(16, 32, 48, 48), layers_per_block=2, norm_num_groups=8,
-                 cross_attention_dim=CONTEXT_DIM, attention_head_dim=2)
+TINY_UNET = tiny_unet_config((16, 32, 48, 48), CONTEXT_DIM, layers_per_block=2, norm_num_groups=8)
 # Hidden state each T2I map joins (NHWC) for a 32x32 latent: the res of each down block.
 ADAPTER_SHAPES = ((LATENT, 16), (LATENT // 2, 32), (LATENT // 4, 48), (LATENT // 8, 48))
 FP32_TOL = 1e-4  # max abs error, relative to the reference's largest magnitude

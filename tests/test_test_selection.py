@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from dpiqa_jax.eval import multi_split, test_selection
-from dpiqa_jax.train import inputs
 from dpiqa_jax.data import sources
+from dpiqa_jax.eval import test_selection
+from dpiqa_jax.train import inputs, multi_split
 
 
 def _metrics(plcc: float, srcc: float) -> dict[str, float]:

@@ -17,7 +17,8 @@ from dpiqa_jax.convert import torch_layout
 class _TorchNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                                        torch.nn.BatchNorm2d(4))
         self.norm = torch.nn.GroupNorm(2, 4)
         self.head = torch.nn.Linear(4, 2)
         self.gamma = torch.nn.Parameter(torch.randn(2))
@@ -119,7 +120,8 @@ def test_read_safetensors_handles_bf16_and_names_truncated_files(tmp_path):
     np.testing.assert_array_equal(loaded["b"], f32)
     bad = tmp_path / "bad.safetensors"
     _write_safetensors(bad, {"a": ("BF16", bf16), "b": ("F32", f32)}, truncate=5)
-    with pytest.raises(ValueError, match="bad.safetensors: not a readable safetensors file: truncated"):
+    with pytest.raises(ValueError,
+                       match="bad.safetensors: not a readable safetensors file: truncated"):
         torch_layout.read_state_dict_file(bad)
 
 

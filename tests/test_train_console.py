@@ -19,7 +19,7 @@ from configs import teacher
 from dpiqa_jax.train import checkpoint, console, inputs, run, workdir
 from dpiqa_jax.train import logging as train_logging
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO_ROOT
 
 
 def test_step_line_has_progress_loss_lr_rate_and_eta():
@@ -83,7 +83,7 @@ def test_launch_train_refuses_bad_settings_before_building_a_model(tmp_path, set
     start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "launch.train", "--config=configs/teacher.py:tiny", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False,
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr[-2000:]

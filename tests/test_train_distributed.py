@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from test_train_multidevice import REPO, child_environment
+from helpers import REPO_ROOT, child_environment
 
 TOTAL_STEPS = 2
 
@@ -24,7 +24,7 @@ def _free_port() -> int:
 def test_two_processes_train_one_model(tmp_path):
     port = _free_port()
     children = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port), str(i),
-                                  str(tmp_path)], env=child_environment(1), cwd=REPO,
+                                  str(tmp_path)], env=child_environment(1), cwd=REPO_ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for i in range(2)]
     outputs = []

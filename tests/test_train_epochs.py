@@ -8,14 +8,13 @@ import numpy as np
 import optax
 import pytest
 
+from configs import student as student_config
+from configs import teacher as teacher_config
 from dpiqa_jax.models.efficientnet import TorchBatchNorm
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher
 from dpiqa_jax.train import models, run, steps
 from dpiqa_jax.train.state import create_train_state, partition_params
-
-from configs import student as student_config
-from configs import teacher as teacher_config
 
 
 def test_masked_mse_is_the_mse_of_the_real_images():

@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO_ROOT, child_environment
+
 STEPS = 3
 # Adam normalises every update to ~lr whatever the gradient's size, so where a gradient is ~0
 # (BatchNorm biases, cancelling sums) its sign is decided by summation-order noise and the two
@@ -41,34 +41,13 @@ FORWARD_RTOL = 1e-5
 # - Parameters: ||p_t - p'_t||_2 over all trained tensors within the same ||dp_t|| bound, plus
 #   their own fp32 rounding (u per element per step).
 FP32_EPS = float(np.finfo(np.float32).eps)
-# XLA's cheapest CPU code generation: these programs run three times, compiling dominates.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-# Compiled programs shared by the child processes of these tests (and by later test runs): the
-# same tiny models compile once. Override the location with DPIQA_TEST_XLA_CACHE.
-XLA_CACHE = os.environ.get("DPIQA_TEST_XLA_CACHE",
-                           os.path.join(tempfile.gettempdir(), "dpiqa_jax_test_xla_cache"))
-
-
-def child_environment(num_devices: int) -> dict[str, str]:
-    """Environment of a child JAX process with `num_devices` CPU devices."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (f"{FAST_COMPILE_FLAGS} "
-                        f"--xla_force_host_platform_device_count={num_devices}")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = XLA_CACHE
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 @pytest.fixture(scope="module", params=["teacher", "student"])
 def comparison(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     result = subprocess.run([sys.executable, os.path.abspath(__file__), request.param, str(out)],
-                            env=child_environment(8), cwd=REPO, capture_output=True, text=True,
+                            env=child_environment(8), cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=900, check=False)
     if result.returncode:
         pytest.fail(f"child failed:\n{result.stderr[-6000:]}")
@@ -153,6 +132,7 @@ def test_parameters_and_adam_moments_are_split_over_fsdp(comparison):
 
 def _train_few_steps(config, devices):
     import jax  # pylint: disable=import-outside-toplevel
+
     from dpiqa_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     from dpiqa_jax.train import inputs, optim, run, sharding, tasks  # pylint: disable=import-outside-toplevel
 
@@ -177,6 +157,7 @@ def _train_few_steps(config, devices):
 
 def _save_trained(path: str, state) -> None:
     import jax  # pylint: disable=import-outside-toplevel
+
     from dpiqa_jax.train.state import flat_paths  # pylint: disable=import-outside-toplevel
     trained = {"params": state.params, "batch_stats": state.batch_stats}
     np.savez(path, **flat_paths(jax.tree.map(np.asarray, trained)))
@@ -185,6 +166,7 @@ def _save_trained(path: str, state) -> None:
 def _child(kind: str, out: str) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
     import optax  # pylint: disable=import-outside-toplevel
+
     from configs import student, teacher  # pylint: disable=import-outside-toplevel
     from dpiqa_jax.train.state import flat_paths  # pylint: disable=import-outside-toplevel
 

@@ -8,8 +8,7 @@ import optax
 import pytest
 
 from dpiqa_jax.train import optim
-from dpiqa_jax.train.state import (create_train_state, flat_paths, merge_params,
-                                   partition_params)
+from dpiqa_jax.train.state import create_train_state, flat_paths, merge_params, partition_params
 
 PARAMS = {"unet": {"conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)}},
           "vae": {"conv": {"kernel": jnp.ones((3, 3, 3, 2)), "bias": jnp.zeros(2)}},

@@ -2,7 +2,7 @@
 
 Each model runs in a child process (the launcher itself), so that XLA's fastest-compile flags
 apply and the exit status and the printed JSON lines are what is checked. The tolerances, with
-their derivations, are `dpiqa_jax.reference.train_parity`'s constants; the tool prints each next
+their derivations, are `dpiqa_jax.dev.train_parity`'s constants; the tool prints each next
 to its error, and these tests re-check every line against it.
 """
 
@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from dpiqa_jax.reference import train_parity
-from test_train_multidevice import REPO, child_environment
+from dpiqa_jax.dev import train_parity
+
+from helpers import REPO_ROOT, child_environment
 
 STEPS = 5
 
@@ -23,7 +24,7 @@ STEPS = 5
 def parity_run(request):
     result = subprocess.run(
         [sys.executable, "-m", "launch.parity", "--train", request.param, "--size", "tiny",
-         "--steps", str(STEPS)], env=child_environment(1), cwd=REPO, capture_output=True,
+         "--steps", str(STEPS)], env=child_environment(1), cwd=REPO_ROOT, capture_output=True,
         text=True, timeout=900, check=False)
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return request.param, result, lines

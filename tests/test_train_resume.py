@@ -22,7 +22,8 @@ import pytest
 from configs import teacher
 from dpiqa_jax.train import checkpoint, run, workdir
 from dpiqa_jax.train.state import create_train_state
-from test_train_multidevice import REPO, child_environment
+
+from helpers import REPO_ROOT, child_environment
 
 TOTAL_STEPS = 6
 CHECKPOINT_EVERY = 2
@@ -34,7 +35,7 @@ def _command(workdir) -> list[str]:
 
 
 def _run_to_completion(workdir) -> dict[str, np.ndarray]:
-    result = subprocess.run(_command(workdir), env=child_environment(1), cwd=REPO,
+    result = subprocess.run(_command(workdir), env=child_environment(1), cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=900, check=False)
     if result.returncode:
         pytest.fail(f"training child failed:\n{result.stderr[-6000:]}")
@@ -45,7 +46,7 @@ def _run_to_completion(workdir) -> dict[str, np.ndarray]:
 def _kill_after_first_checkpoint(workdir) -> list[str]:
     """Starts a run, SIGKILLs it once its first checkpoint is complete; returns the steps saved."""
     checkpoints = os.path.join(workdir, "checkpoints")
-    child = subprocess.Popen(_command(workdir), env=child_environment(1), cwd=REPO,
+    child = subprocess.Popen(_command(workdir), env=child_environment(1), cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 900
     try:
@@ -110,6 +111,7 @@ def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
 
 def _child(workdir: str) -> None:
     import jax  # pylint: disable=import-outside-toplevel
+
     from configs import student  # pylint: disable=import-outside-toplevel
     from dpiqa_jax.train import run  # pylint: disable=import-outside-toplevel
     from dpiqa_jax.train.state import flat_paths  # pylint: disable=import-outside-toplevel

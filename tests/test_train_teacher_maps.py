@@ -6,8 +6,7 @@ import os
 import subprocess
 import sys
 
-
-from test_train_multidevice import REPO, child_environment
+from helpers import REPO_ROOT, child_environment
 
 MAP_ATOL = 1e-5  # fp32; the same teacher program on batches made by two pipelines
 
@@ -16,11 +15,11 @@ def test_cache_serves_the_training_batches(tmp_path):
     out = tmp_path / "maps.safetensors"
     result = subprocess.run(
         [sys.executable, "-m", "launch.cache_teacher_maps", "--config=configs/student.py:tiny",
-         f"--out={out}"], env=child_environment(1), cwd=REPO, capture_output=True, text=True,
+         f"--out={out}"], env=child_environment(1), cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     check = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)],
-                           env=child_environment(1), cwd=REPO, capture_output=True, text=True,
+                           env=child_environment(1), cwd=REPO_ROOT, capture_output=True, text=True,
                            timeout=900, check=False)
     assert check.returncode == 0, check.stderr[-4000:]
     report = json.loads(check.stdout.strip().splitlines()[-1])

@@ -1,1 +1,2 @@
-"""Converters between PyTorch state dicts (diffusers, transformers, torchvision, the DP-IQA authors') and our Flax variables."""
+"""Converters between PyTorch state dicts (diffusers, transformers, torchvision, the DP-IQA
+authors') and our Flax variables."""

@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from dpiqa_jax.convert.torch_layout import (
-    LayoutTransform, StateDictMismatchError, flax_to_torch, nchw_flatten_transform, torch_to_flax)
+    LayoutTransform,
+    StateDictMismatchError,
+    flax_to_torch,
+    nchw_flatten_transform,
+    torch_to_flax,
+)
 
 Array = np.ndarray
 

@@ -526,7 +526,7 @@ def _unflatten_features(student: _Student, x: str, channels: int) -> str:
 def _nearest_resize(student: _Student, x: str, channels: int) -> tuple[str, int]:
     """torch's nearest `interpolate` (a Resize) or our export's two static Gathers."""
     # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.models.resize import nearest_source_indices
+    from dpiqa_jax.primitives.resize import nearest_source_indices
 
     walk = student.walk
     if walk.has_consumer(x, "Gather"):

@@ -210,7 +210,7 @@ def measure_throughput(batches: Any, num_batches: int, warmup_batches: int = 1) 
     """Images per second of a batch iterable, timed over `num_batches` after a warm-up.
 
     Returns {"images_per_s", "seconds", "images"}. Usable on any pipeline above, e.g.
-    `measure_throughput(eval_dataset(...), 20)`; dpiqa_jax/data/throughput.py drives it.
+    `measure_throughput(eval_dataset(...), 20)`; dpiqa_jax/dev/throughput.py drives it.
     """
     iterator = iter(batches)
     for _ in range(warmup_batches):

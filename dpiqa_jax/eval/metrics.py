@@ -18,6 +18,8 @@ with a warning and `logistic_fit_ok = 0.0` in the result so the fallback is visi
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.optimize
@@ -55,25 +57,24 @@ def _correlation_defined(x: np.ndarray, y: np.ndarray, metric: str) -> bool:
     return True
 
 
-def srcc(predictions, mos) -> float:
+def _correlation(name: str, statistic: Callable[..., Any], predictions, mos) -> float:
+    """scipy's `statistic` of the two vectors, or NaN where the correlation is not defined."""
     x, y = _as_vectors(predictions, mos)
-    if not _correlation_defined(x, y, "srcc"):
+    if not _correlation_defined(x, y, name):
         return float("nan")
-    return float(scipy.stats.spearmanr(x, y).statistic)
+    return float(statistic(x, y).statistic)
+
+
+def srcc(predictions, mos) -> float:
+    return _correlation("srcc", scipy.stats.spearmanr, predictions, mos)
 
 
 def krcc(predictions, mos) -> float:
-    x, y = _as_vectors(predictions, mos)
-    if not _correlation_defined(x, y, "krcc"):
-        return float("nan")
-    return float(scipy.stats.kendalltau(x, y).statistic)
+    return _correlation("krcc", scipy.stats.kendalltau, predictions, mos)
 
 
 def plcc(predictions, mos) -> float:
-    x, y = _as_vectors(predictions, mos)
-    if not _correlation_defined(x, y, "plcc"):
-        return float("nan")
-    return float(scipy.stats.pearsonr(x, y).statistic)
+    return _correlation("plcc", scipy.stats.pearsonr, predictions, mos)
 
 
 def rmse(predictions, mos) -> float:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+import numpy as np
+
 # A bare Figure renders with the Agg canvas and leaves pyplot's global backend and figure list
 # alone, so importing this module in a notebook changes nothing there.
 from matplotlib.figure import Figure
-import numpy as np
 
 from dpiqa_jax.eval import metrics as metrics_lib
 

@@ -14,8 +14,8 @@ the prediction, `score` = raw x mos_scale and `mos` = mos_normalized x mos_scale
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping

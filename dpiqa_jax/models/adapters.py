@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpiqa_jax.convs import conv2d
-from dpiqa_jax.inits import torch_dense
+from dpiqa_jax.primitives.convs import conv2d
+from dpiqa_jax.primitives.inits import torch_dense
 
 Dtype = Any
 

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import DepthwiseConv, PointwiseConv
+from dpiqa_jax.primitives.convs import DepthwiseConv, PointwiseConv
 
 Dtype = Any
 

@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import conv2d
-from dpiqa_jax.inits import torch_dense
-from dpiqa_jax.models.resize import resize_bicubic_torch
+from dpiqa_jax.primitives.convs import conv2d
+from dpiqa_jax.primitives.inits import torch_dense
+from dpiqa_jax.primitives.resize import resize_bicubic_torch
 
 Dtype = Any
 

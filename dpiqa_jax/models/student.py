@@ -19,10 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax import inits
 from dpiqa_jax.models.efficientnet import EfficientNet, efficientnet_config
 from dpiqa_jax.models.qfd import quality_score_head
-from dpiqa_jax.models.resize import resize_nearest_torch
+from dpiqa_jax.primitives import inits
+from dpiqa_jax.primitives.resize import resize_nearest_torch
 
 Dtype = Any
 

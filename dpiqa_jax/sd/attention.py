@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import conv2d
+from dpiqa_jax.primitives.convs import conv2d
 from dpiqa_jax.sd.layers import GroupNorm, LayerNorm
 
 Dtype = jnp.dtype

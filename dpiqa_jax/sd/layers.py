@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import conv2d
-from dpiqa_jax.models.resize import resize_nearest_torch
+from dpiqa_jax.primitives.convs import conv2d
+from dpiqa_jax.primitives.resize import resize_nearest_torch
 
 Dtype = jnp.dtype
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax.convert import torch_layout
+from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.sd.clip_text import CLIPTextConfig, CLIPTextEncoder, with_text_model_prefix
 from dpiqa_jax.sd.unet import UNet, UNetConfig
 from dpiqa_jax.sd.vae import VAEConfig, VAEEncoder
@@ -80,12 +81,9 @@ def _rename_deprecated_attention(state: dict[str, np.ndarray]) -> dict[str, np.n
 
 def finalize_params(variables: dict[str, Any], dtype: Any = None, sharding: Any = None) -> Params:
     """Casts floating leaves to `dtype` (if given) and places the tree (if a sharding is given)."""
-    def cast(x):
-        x = np.asarray(x)
-        if dtype is not None and np.issubdtype(x.dtype, np.floating):
-            return x.astype(dtype)
-        return x
-    tree = jax.tree.map(cast, variables)
+    tree = jax.tree.map(np.asarray, variables)
+    if dtype is not None:
+        tree = cast_floating(tree, dtype)
     if sharding is not None:
         return jax.device_put(tree, sharding)
     return jax.tree.map(jnp.asarray, tree)
@@ -150,7 +148,8 @@ def load_vae_encoder(sd_dir: str, *, dtype: Any = jnp.float32, param_dtype: Any 
 
 def load_clip_text_encoder(directory: str, *, dtype: Any = jnp.float32, param_dtype: Any = None,
                            sharding: Any = None) -> tuple[CLIPTextEncoder, Params]:
-    """The CLIP text transformer from a transformers directory (SD's `text_encoder/` or a CLIP model).
+    """The CLIP text transformer from a transformers directory (SD's `text_encoder/`, or a CLIP
+    model).
 
     The projection head is built when the checkpoint holds `text_projection.weight`.
     """

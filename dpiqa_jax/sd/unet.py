@@ -18,10 +18,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax.convs import conv2d
+from dpiqa_jax.primitives.convs import conv2d
 from dpiqa_jax.sd.attention import AttentionKernel, Transformer2DModel, TransformerSettings
-from dpiqa_jax.sd.layers import (Downsample2D, GroupNorm, ResnetBlock2D, TimestepEmbedding,
-                                 Upsample2D, timestep_embedding)
+from dpiqa_jax.sd.diffusers_config import dataclass_kwargs
+from dpiqa_jax.sd.layers import (
+    Downsample2D,
+    GroupNorm,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Upsample2D,
+    timestep_embedding,
+)
 
 Dtype = jnp.dtype
 
@@ -52,6 +59,17 @@ SD15_UNET_CONFIG: Mapping[str, Any] = types.MappingProxyType({
     "sample_size": 64,
     "up_block_types": (PLAIN_UP, CROSS_ATTN_UP, CROSS_ATTN_UP, CROSS_ATTN_UP),
 })
+
+
+def tiny_unet_config(channels: Sequence[int], cross_attention_dim: int, *,
+                     layers_per_block: int = 1, attention_head_dim: int = 2,
+                     norm_num_groups: int = 4) -> dict[str, Any]:
+    """SD 1.5's UNet config (diffusers keys) at toy widths: the same blocks, attention and
+    embeddings with `channels` per level, for tests, parity checks and the tiny variants."""
+    return dict(SD15_UNET_CONFIG, block_out_channels=tuple(channels),
+                cross_attention_dim=cross_attention_dim, layers_per_block=layers_per_block,
+                attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups)
+
 
 # diffusers config keys that carry no architecture (besides any key starting with "_").
 _BOOKKEEPING_KEYS = frozenset({"sample_size"})
@@ -203,19 +221,9 @@ class UNetConfig:
           ValueError: naming any key we do not know or any feature we do not implement (other
             block types, class/addition embeddings, other ResNet variants, dual cross-attention...).
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in cfg.items():
-            if key.startswith("_") or key in _BOOKKEEPING_KEYS or key in _INERT_KEYS:
-                continue
-            if key in _UNSUPPORTED_UNLESS_DEFAULT:
-                if value != _UNSUPPORTED_UNLESS_DEFAULT[key]:
-                    raise ValueError(f"unsupported UNet config {key}={value!r}: only "
-                                     f"{_UNSUPPORTED_UNLESS_DEFAULT[key]!r} is implemented")
-                continue
-            if key not in known:
-                raise ValueError(f"unknown UNet config key {key}={value!r}")
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        kwargs = dataclass_kwargs(cfg, {f.name for f in dataclasses.fields(cls)},
+                                  component="UNet", ignored=_BOOKKEEPING_KEYS | _INERT_KEYS,
+                                  unsupported_unless_default=_UNSUPPORTED_UNLESS_DEFAULT)
         if "cross_attention_dim" in kwargs and isinstance(kwargs["cross_attention_dim"], tuple):
             dims = set(kwargs["cross_attention_dim"])
             if len(dims) != 1:

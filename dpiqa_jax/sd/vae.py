@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dpiqa_jax.primitives.convs import conv2d
 from dpiqa_jax.sd.attention import SpatialSelfAttention
-from dpiqa_jax.convs import conv2d
+from dpiqa_jax.sd.diffusers_config import dataclass_kwargs
 from dpiqa_jax.sd.layers import GroupNorm, ResnetBlock2D
 from dpiqa_jax.sd.unet import DownBlock2D
 
@@ -46,6 +47,15 @@ SD15_VAE_CONFIG: Mapping[str, Any] = types.MappingProxyType({
     "scaling_factor": 0.18215,
     "up_block_types": ("UpDecoderBlock2D",) * 4,
 })
+
+
+def tiny_vae_config(channels: Sequence[int], *, layers_per_block: int = 1,
+                    norm_num_groups: int = 4) -> dict[str, Any]:
+    """SD 1.5's VAE config (diffusers keys) at toy widths: the same blocks with `channels` per
+    level, for tests, parity checks and the tiny variants."""
+    return dict(SD15_VAE_CONFIG, block_out_channels=tuple(channels),
+                layers_per_block=layers_per_block, norm_num_groups=norm_num_groups)
+
 
 # Keys that describe the decoder (not built here) or carry no architecture.
 _IGNORED_KEYS = frozenset({"sample_size", "out_channels", "up_block_types", "use_post_quant_conv",
@@ -93,20 +103,9 @@ class VAEConfig:
         Decoder-only keys are ignored. Raises ValueError naming any unknown key or any
         unsupported value (other activations or block types, shift_factor, latents_mean/std).
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in cfg.items():
-            if key.startswith("_") or key in _IGNORED_KEYS:
-                continue
-            if key in _UNSUPPORTED_UNLESS_DEFAULT:
-                if value != _UNSUPPORTED_UNLESS_DEFAULT[key]:
-                    raise ValueError(f"unsupported VAE config {key}={value!r}: only "
-                                     f"{_UNSUPPORTED_UNLESS_DEFAULT[key]!r} is implemented")
-                continue
-            if key not in known:
-                raise ValueError(f"unknown VAE config key {key}={value!r}")
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
-        return cls(**kwargs)
+        return cls(**dataclass_kwargs(cfg, {f.name for f in dataclasses.fields(cls)},
+                                      component="VAE", ignored=_IGNORED_KEYS,
+                                      unsupported_unless_default=_UNSUPPORTED_UNLESS_DEFAULT))
 
 
 class VAEMidBlock2D(nn.Module):

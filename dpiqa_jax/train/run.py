@@ -48,19 +48,15 @@ from jax.sharding import Mesh, PartitionSpec
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.data import pipeline, sources
 from dpiqa_jax.eval import metrics as metrics_lib
-from dpiqa_jax.eval import protocol
-from dpiqa_jax.eval import test_selection
+from dpiqa_jax.eval import protocol, test_selection
 from dpiqa_jax.train import checkpoint as checkpoint_lib
 from dpiqa_jax.train import console, inputs, models, optim, sharding, steps
-from dpiqa_jax.train import workdir as workdir_lib
-from dpiqa_jax.train.tasks import Task, build_task
 from dpiqa_jax.train import logging as train_logging
+from dpiqa_jax.train import workdir as workdir_lib
 from dpiqa_jax.train.state import Params, TrainState, create_train_state
+from dpiqa_jax.train.tasks import Task, build_task
 
-BEST_MODEL_DIR = "best_model"
 TEST_EVAL_DIR = "test_eval"
-# The heads predict MOS / 100 (mos_normalized); a bundle's score is that x 100, on [0, 100].
-MOS_SCALE = 100.0
 
 
 class NonFiniteError(FloatingPointError):
@@ -68,7 +64,7 @@ class NonFiniteError(FloatingPointError):
 
 
 def config_for_split(config: ml_collections.ConfigDict, split: Any) -> ml_collections.ConfigDict:
-    """A copy of `config` reading `split` (a `dpiqa_jax.eval.multi_split.SplitRef`)."""
+    """A copy of `config` reading `split` (a `dpiqa_jax.train.multi_split.SplitRef`)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.dataset = split.dataset
     config.data.split_file = os.fspath(split.split_file)
@@ -463,7 +459,7 @@ def _finish(session: _Run) -> tuple[str, int]:
         protocol.write_evaluation(result, os.path.join(session.workdir, TEST_EVAL_DIR),
                                   title=f"{config.data.dataset} {config.data.split} test",
                                   extra_info={"step": best, "part": "test"})
-    best_dir = os.path.join(session.workdir, BEST_MODEL_DIR)
+    best_dir = os.path.join(session.workdir, bundle_lib.BEST_MODEL_DIR)
     _write_bundle(session, state, best_dir, {"step": best, "test_metrics": result.metrics})
     return best_dir, best
 
@@ -477,7 +473,7 @@ def _write_bundle(session: _Run, state: TrainState, directory: str,
     if jax.process_index() == 0:
         bundle_lib.save_bundle(
             directory, session.task.kind, session.task.model_config, variables, prompts=prompts,
-            metadata={"mos_scale": MOS_SCALE, "score_range": [0.0, MOS_SCALE],
+            metadata={"mos_scale": bundle_lib.MOS_SCALE, "score_range": [0.0, bundle_lib.MOS_SCALE],
                       "image_size": config.data.image_size, "dataset": config.data.dataset,
                       "split": config.data.split, "protocol": config.protocol,
                       "initial_weights": session.task.source, **metadata})
@@ -522,6 +518,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, split: Any,
                        workdir: str | os.PathLike) -> str:
     """Trains on one split (`SplitRef`: dataset, split_file, split key); returns the bundle dir.
 
-    The entry point of dpiqa_jax.eval.multi_split (launch/run_splits.py).
+    The entry point of dpiqa_jax.train.multi_split (launch/run_splits.py).
     """
     return train(config_for_split(config, split), os.fspath(workdir)).best_model_dir

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -118,10 +118,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
-    return {name: batch_sharding(mesh) for name in batch}
-
-
 def check_global_batch_size(global_batch_size: int, mesh: Mesh) -> None:
     """The batch must split evenly over the devices and over the processes."""
     devices = mesh.devices.size
@@ -133,17 +129,11 @@ def check_global_batch_size(global_batch_size: int, mesh: Mesh) -> None:
                          f"{jax.process_count()} processes")
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """One global array per field from this process's rows (its 1/process_count of the batch)."""
-    sharding = batch_sharding(mesh)
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for name, value in local_batch.items()}
-
-
 def place(tree: Any, shardings: Any) -> Any:
     """Puts host arrays (numpy, identical on every process) onto the mesh."""
     return jax.tree.map(
-        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index: np.asarray(x)[index]),
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s,
+                                                  lambda index: np.asarray(x)[index]),
         tree, shardings)
 
 

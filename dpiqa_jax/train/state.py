@@ -86,18 +86,5 @@ def merge_params(trainable: Params, frozen: Params) -> Params:
     return bundle.unflatten_variables({**flat_frozen, **flat_trainable})
 
 
-def cast_floating(tree: Any, dtype: Any) -> Any:
-    """Casts floating leaves (numpy, jax or abstract) to `dtype`; integer leaves are kept."""
-    def cast(leaf):
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            return leaf
-        if isinstance(leaf, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(leaf.shape, jnp.dtype(dtype), sharding=leaf.sharding)
-        if isinstance(leaf, np.ndarray):
-            return leaf.astype(dtype)
-        return jnp.asarray(leaf, dtype)
-    return jax.tree.map(cast, tree)
-
-
 def count_params(tree: Any) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))

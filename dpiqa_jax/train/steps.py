@@ -36,7 +36,8 @@ from absl import logging
 
 from dpiqa_jax.models.student import Student
 from dpiqa_jax.models.teacher import LATENT_RNG, Teacher
-from dpiqa_jax.train.state import Params, TrainState, cast_floating, merge_params
+from dpiqa_jax.primitives.dtypes import cast_floating
+from dpiqa_jax.train.state import Params, TrainState, merge_params
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]

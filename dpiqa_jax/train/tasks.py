@@ -17,8 +17,9 @@ import numpy as np
 import optax
 
 from dpiqa_jax.models.teacher import Teacher
+from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.train import models, steps
-from dpiqa_jax.train.state import Params, cast_floating, merge_params, partition_params
+from dpiqa_jax.train.state import Params, merge_params, partition_params
 from dpiqa_jax.train.teacher_maps import TeacherMapCache
 
 

@@ -29,8 +29,8 @@ from jax.sharding import PartitionSpec
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.convert import torch_layout
 from dpiqa_jax.data import pipeline
+from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.train import inputs, models, sharding, steps
-from dpiqa_jax.train.state import cast_floating
 
 MAPS, DIGESTS = "maps", "digests"
 

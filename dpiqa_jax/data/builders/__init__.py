@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from etils import epath
 import tensorflow_datasets as tfds
+from etils import epath
 
 from dpiqa_jax.data.builders.agiqa3k import Agiqa3k, Agiqa3kConfig
 from dpiqa_jax.data.builders.base import FULL_SPLIT, IqaBuilder, IqaConfig, LabeledImage

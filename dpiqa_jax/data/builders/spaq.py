@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import openpyxl
-from openpyxl.utils.exceptions import InvalidFileException
 import tensorflow_datasets as tfds
+from openpyxl.utils.exceptions import InvalidFileException
 
 from dpiqa_jax.data.builders import base
 

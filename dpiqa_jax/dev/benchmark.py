@@ -46,17 +46,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
+from dpiqa_jax import bundle, scorer
+from dpiqa_jax.dev.sd_parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
+from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.sd.attention import AttentionKernel
-from dpiqa_jax.sd.parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
 from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
 from dpiqa_jax.train import models, optim, steps
-from dpiqa_jax.train.state import cast_floating, create_train_state, partition_params
+from dpiqa_jax.train.state import create_train_state, partition_params
 
 TEACHER_INFER = "teacher_infer"
 TEACHER_TRAIN = "teacher_train"
@@ -541,11 +544,8 @@ def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
 
 def random_bundle(kind: str, size: BenchmarkSize, directory: str, seed: int) -> str:
     """A bundle of random weights (`random_variables`) of the size's teacher or student."""
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax import bundle
-
     images = jnp.zeros((1, size.resolution, size.resolution, 3), jnp.float32)
-    metadata = {"mos_scale": 100.0, "image_size": size.resolution}
+    metadata = {"mos_scale": bundle.MOS_SCALE, "image_size": size.resolution}
     if kind == "teacher":
         prompts = random_inputs(size, 1, seed)["prompts"]
         module = Teacher(size.teacher)
@@ -560,8 +560,6 @@ def random_bundle(kind: str, size: BenchmarkSize, directory: str, seed: int) -> 
 
 
 def _random_pngs(size: BenchmarkSize, count: int, directory: str, seed: int) -> list[str]:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     pixels = random_inputs(size, count, seed)["image"]
     paths = []
     for index, image in enumerate(pixels):
@@ -574,9 +572,6 @@ def _random_pngs(size: BenchmarkSize, count: int, directory: str, seed: int) -> 
 def measure_scoring(measurement: str, size: BenchmarkSize, batch: int, steps: int, warmup: int,
                     seed: int, directory: str) -> Record:
     """`Scorer.score_files` on `batch` PNG files per step, a random bundle loaded from disk."""
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax import scorer
-
     if measurement not in SCORING_MEASUREMENTS:
         raise ValueError(f"unknown scoring measurement {measurement!r}; expected one of "
                          f"{SCORING_MEASUREMENTS}")

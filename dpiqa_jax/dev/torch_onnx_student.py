@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dpiqa_jax.dev.torch_models import TorchEfficientNet
 from dpiqa_jax.models.efficientnet import efficientnet_config
-from dpiqa_jax.reference.torch_models import TorchEfficientNet
 
 AUTHORS_OPSET = 17
 

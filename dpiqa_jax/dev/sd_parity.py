@@ -19,27 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax.sd import loading
+from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig, tiny_unet_config
+from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, tiny_vae_config
 from dpiqa_jax.train.state import count_params
 
 FP32_MAX_REL_ERR = 1e-3
 CONTEXT_TOKENS = 1485
 TIMESTEP = 1
 
-TINY_UNET_CONFIG: dict[str, Any] = {
-    "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64, 64, 64],
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                         "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                       "CrossAttnUpBlock2D"],
-    "layers_per_block": 2, "attention_head_dim": 2, "cross_attention_dim": 32,
-    "norm_num_groups": 8, "sample_size": 16,
-}
-TINY_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4,
-    "block_out_channels": [16, 32, 32, 32],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64,
-}
+TINY_UNET_CONFIG = tiny_unet_config((32, 64, 64, 64), 32, layers_per_block=2, norm_num_groups=8)
+TINY_VAE_CONFIG = tiny_vae_config((16, 32, 32, 32), norm_num_groups=8)
 TINY_CLIP_CONFIG: dict[str, Any] = {
     "vocab_size": 120, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
     "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
@@ -85,11 +74,10 @@ def _nhwc(tensor) -> np.ndarray:
 
 def build_reference_pipeline(size: str, directory: str, seed: int = 0) -> None:
     """Writes random-weight UNet, VAE and CLIP text encoder in the diffusers pipeline layout."""
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import diffusers  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.sd.unet import SD15_UNET_CONFIG  # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.sd.vae import SD15_VAE_CONFIG  # pylint: disable=import-outside-toplevel
 
     tiny = size == "tiny"
     torch.manual_seed(seed)
@@ -114,6 +102,7 @@ def build_reference_pipeline(size: str, directory: str, seed: int = 0) -> None:
 
 
 def _unet_reference(sd_dir: str, latents, context, residuals):
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import diffusers  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     unet = diffusers.UNet2DConditionModel.from_pretrained(os.path.join(sd_dir, "unet")).eval()
@@ -141,7 +130,6 @@ def _down_block_shapes(config, latent_side: int) -> list[tuple[int, int]]:
 
 def unet_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
                 ) -> Iterator[ParityResult]:
-    from dpiqa_jax.sd.unet import UNetConfig  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(1)
     config = UNetConfig.from_diffusers(loading.read_json(os.path.join(sd_dir, "unet",
                                                                       "config.json")))
@@ -166,6 +154,7 @@ def unet_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
 
 def vae_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
                ) -> Iterator[ParityResult]:
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import diffusers  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(2)
@@ -187,6 +176,7 @@ def vae_parity(sd_dir: str, res: int, batch: int, dtypes: tuple[str, ...]
 
 
 def clip_parity(sd_dir: str, batch: int, dtypes: tuple[str, ...]) -> Iterator[ParityResult]:
+    # PyTorch and its model libraries (dev requirements) load only when a check runs.
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     folder = os.path.join(sd_dir, "text_encoder")

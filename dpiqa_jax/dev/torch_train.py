@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpiqa_jax.reference.torch_models import TorchMBConv, TorchStudent, TorchTeacher
+from dpiqa_jax.dev.torch_models import TorchMBConv, TorchStudent, TorchTeacher
 
 # The authors' MultiStepLR factor.
 LR_GAMMA = 0.2

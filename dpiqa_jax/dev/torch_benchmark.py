@@ -26,8 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpiqa_jax import benchmark
-from dpiqa_jax.reference import torch_models
+from dpiqa_jax.dev import benchmark, torch_models
 
 
 def torch_device() -> torch.device:

@@ -11,7 +11,7 @@ checkpoints and converters do not see a difference; only the lowering differs:
 `conv2d` builds a torch-style Conv2d (`Conv2d`, the same parameters and lowering as `nn.Conv`),
 choosing `PointwiseConv` for the plain 1x1 case, so every module that mirrors a torch conv gets the
 fast form without asking for it. Both start from torch's default initialisation
-(`dpiqa_jax.inits`), as the layers they mirror do.
+(`dpiqa_jax.primitives.inits`), as the layers they mirror do.
 
 Layout is NHWC.
 """
@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dpiqa_jax import inits
+from dpiqa_jax.primitives import inits
 
 Dtype = Any
 

@@ -1,9 +1,9 @@
-"""Train-step parity: the authors' PyTorch training loop and ours, from the same weights and batches.
+"""Train-step parity: the authors' PyTorch training loop and ours, same weights and batches.
 
 Dev only (imports torch). The torch model is built with random, perturbed weights
-(`dpiqa_jax.reference.torch_models`), converted to our variables with the checkpoint converters,
+(`dpiqa_jax.dev.torch_models`), converted to our variables with the checkpoint converters,
 and both sides train `steps` optimizer steps on the same random batches: torch with
-`dpiqa_jax.reference.torch_train` (Adam, MultiStepLR stepped once per epoch), ours with the jitted
+`dpiqa_jax.dev.torch_train` (Adam, MultiStepLR stepped once per epoch), ours with the jitted
 update of `dpiqa_jax.train.steps` and the optimizer and schedule of `dpiqa_jax.train.optim`. An
 "epoch" is `STEPS_PER_EPOCH` steps, so the milestones fall inside a short run.
 
@@ -35,13 +35,13 @@ import torch
 
 from dpiqa_jax.convert import dpiqa as dpiqa_convert
 from dpiqa_jax.convert import efficientnet as efficientnet_convert
+from dpiqa_jax.dev import torch_models, torch_train
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
-from dpiqa_jax.reference import torch_models, torch_train
-from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig
-from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig
+from dpiqa_jax.sd.unet import SD15_UNET_CONFIG, UNetConfig, tiny_unet_config
+from dpiqa_jax.sd.vae import SD15_VAE_CONFIG, VAEConfig, tiny_vae_config
 from dpiqa_jax.train import models, optim
 from dpiqa_jax.train import state as state_lib
 from dpiqa_jax.train import steps as steps_lib
@@ -61,21 +61,9 @@ DEFAULT_RES = {("teacher", "tiny"): 64, ("teacher", "sd15"): 64, ("student", "ti
                ("student", "sd15"): 512}
 NUM_PROMPTS = 5
 
-_TINY_CHANNELS = [16, 32, 32, 32]
-TINY_UNET: dict[str, Any] = {
-    "in_channels": 4, "out_channels": 4, "block_out_channels": _TINY_CHANNELS,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                         "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                       "CrossAttnUpBlock2D"],
-    "layers_per_block": 1, "attention_head_dim": 4, "cross_attention_dim": 16,
-    "norm_num_groups": 8,
-}
-TINY_VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 16, 16, 16],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": 0.18215,
-}
+_TINY_CHANNELS = (16, 32, 32, 32)
+TINY_UNET = tiny_unet_config(_TINY_CHANNELS, 16, attention_head_dim=4, norm_num_groups=8)
+TINY_VAE = tiny_vae_config((8, 16, 16, 16))
 TINY_STUDENT = StudentConfig(backbone="b0", map_size=8, map_channels=4, hidden=16,
                              stochastic_depth=False)
 FULL_STUDENT = StudentConfig(stochastic_depth=False)

@@ -1,1 +1,0 @@
-"""PyTorch reference models (dev only: needs torch and diffusers from requirements-dev.txt)."""
