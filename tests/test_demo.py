@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dpiqa_jax import demo, demo_data
+from dpiqa_jax import demo, demo_data, demo_maps
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_demo_writes_the_report(tmp_path):
         assert os.path.isfile(tmp_path / f"{name}_test" / "scatter.png")
         assert os.path.isfile(tmp_path / name / "best_model" / "model.json")
         maps = written["maps"][name]
-        assert maps["num_half_distorted"] == settings.test_photos * 4
+        assert maps["num_half_distorted"] == settings.test_photos * len(demo_maps.HALF_CASES)
         assert math.isfinite(maps["half_map_difference"]) and maps["map_spread"] >= 0.0
     assert written["held_out_photos"] == demo.held_out_photos(settings)
     assert os.path.getsize(tmp_path / demo.MAP_FIGURE) > 10_000
