@@ -38,7 +38,7 @@ FIGURE_PHOTOS = 2  # held-out photographs drawn in the figure; the numbers use a
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """What a demo run does (README, Quick start: what was tried, on the validation photographs).
+    """What a demo run does (README, Demo: what was tried, on the validation photographs).
 
     The student's BatchNorm keeps ImageNet running statistics with momentum 0.01, while the
     authors feed it [0, 1] pixels, not ImageNet-normalised ones: its inference-mode outputs stay

@@ -1,4 +1,4 @@
-"""DP-IQA end to end on one CPU in under ten minutes, on photographs that ship inside packages.
+"""DP-IQA end to end on one CPU, on photographs that ship inside packages.
 
   python -m launch.demo                       # report in ./demo_out
   python -m launch.demo --out /tmp/demo --teacher_steps 50 --student_steps 50
