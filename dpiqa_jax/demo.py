@@ -18,14 +18,12 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from absl import logging
 
-from configs import student as student_configs
-from configs import teacher as teacher_configs
 from dpiqa_jax import demo_data, demo_maps
 from dpiqa_jax.eval import protocol
 from dpiqa_jax.scorer import Scorer
@@ -78,13 +76,17 @@ def _common_overrides(config: ml_collections.ConfigDict, settings: DemoSettings,
     return config
 
 
-def teacher_config(settings: DemoSettings) -> ml_collections.ConfigDict:
-    return _common_overrides(teacher_configs.get_config("tiny"), settings,
+def teacher_config(tiny: ml_collections.ConfigDict,
+                   settings: DemoSettings) -> ml_collections.ConfigDict:
+    """The demo's teacher run: the `tiny` teacher config with the demo's settings."""
+    return _common_overrides(tiny.copy_and_resolve_references(), settings,
                              settings.teacher_steps, settings.teacher_learning_rate)
 
 
-def student_config(settings: DemoSettings, teacher_dir: str) -> ml_collections.ConfigDict:
-    config = _common_overrides(student_configs.get_config("tiny"), settings,
+def student_config(tiny: ml_collections.ConfigDict, settings: DemoSettings,
+                   teacher_dir: str) -> ml_collections.ConfigDict:
+    """The demo's student run: the `tiny` student config distilled from `teacher_dir`."""
+    config = _common_overrides(tiny.copy_and_resolve_references(), settings,
                                settings.student_steps, settings.student_learning_rate)
     config.teacher_checkpoint = teacher_dir
     config.loss.map_weight = settings.map_weight
@@ -180,17 +182,24 @@ Scatter plots: `teacher_test/scatter.png`, `student_test/scatter.png`. Models:
 """
 
 
-def run_demo(out: str, settings: DemoSettings = DemoSettings()) -> dict[str, Any]:
-    """Trains teacher then student into `out`, evaluates both, writes the report; returns metrics."""
+def run_demo(out: str, tiny_configs: Mapping[str, ml_collections.ConfigDict],
+             settings: DemoSettings = DemoSettings()) -> dict[str, Any]:
+    """Trains teacher then student into `out`, evaluates both, writes the report; returns metrics.
+
+    `tiny_configs`: the `tiny` training configs {"teacher": ..., "student": ...} (the launcher
+    reads them from configs/), which the demo's settings override.
+    """
     started = time.time()
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     logging.info("demo [1/3]: training the tiny teacher (random-init miniature SD, not "
                  "pretrained), %d steps", settings.teacher_steps)
-    teacher = run.train(teacher_config(settings), os.path.join(out, "teacher"))
+    teacher = run.train(teacher_config(tiny_configs["teacher"], settings),
+                        os.path.join(out, "teacher"))
     logging.info("demo [2/3]: distilling the EfficientNet-Lite0 student (ImageNet weights), %d "
                  "steps", settings.student_steps)
-    student = run.train(student_config(settings, teacher.best_model_dir),
+    student = run.train(student_config(tiny_configs["student"], settings,
+                                       teacher.best_model_dir),
                         os.path.join(out, "student"))
     logging.info("demo [3/3]: held-out evaluation and the quality-map study")
     metrics: dict[str, Any] = {name: _copy_evaluation(os.path.join(out, name), out, name)
@@ -220,12 +229,13 @@ def seed_statistics(per_seed: dict[int, dict[str, Any]]) -> dict[str, dict[str, 
     return table
 
 
-def run_seeds(out: str, settings: DemoSettings, seeds: Sequence[int]) -> dict[str, Any]:
+def run_seeds(out: str, tiny_configs: Mapping[str, ml_collections.ConfigDict],
+              settings: DemoSettings, seeds: Sequence[int]) -> dict[str, Any]:
     """The demo once per seed (another photo split and initialisation) in out/seed<N>; writes
     out/seeds.json with every seed's held-out figures and their median, min and max."""
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
-    per_seed = {seed: run_demo(os.path.join(out, f"seed{seed}"),
+    per_seed = {seed: run_demo(os.path.join(out, f"seed{seed}"), tiny_configs,
                                dataclasses.replace(settings, seed=seed)) for seed in seeds}
     report = {"per_seed": {str(seed): {name: {k: m[name][k] for k in ("srcc", "plcc")}
                                        for name in MODELS}

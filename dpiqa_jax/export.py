@@ -11,10 +11,9 @@ In:
   order) so the export below reproduces the file's key set and order.
 
 Out:
-* `write_params_safetensors`: params (and batch statistics) under flat names `params/unet/...`,
-  the teacher's prompts as the tensor `prompts`, and the bundle manifest (kind, model config,
-  metadata) as JSON in the safetensors `__metadata__` entry `dpiqa_jax`. `read_params_safetensors`
-  (used by `Scorer.load`) reads it back as a bundle.
+* `write_params_safetensors` (`dpiqa_jax.bundle`'s): params (and batch statistics) under flat
+  names `params/unet/...`, the teacher's prompts as the tensor `prompts`, and the bundle manifest
+  as JSON in the safetensors `__metadata__` entry `dpiqa_jax`; `Scorer.load` reads it back.
 * `official_state_dict` / `export_official`: the authors' state-dict layout, as a torch `.pth`
   (torch needed, imported lazily; key order kept) or a `.safetensors` file (no torch; its header
   keeps no order). Round trip is bit-exact: tensors the model does not use were kept as extras at
@@ -42,14 +41,12 @@ import ml_dtypes
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax import inference
 from dpiqa_jax.convert import torch_layout
 from dpiqa_jax.convert.torch_layout import StateDictMismatchError
 
 Array = np.ndarray
 
-SAFETENSORS_METADATA_KEY = "dpiqa_jax"
-SAFETENSORS_FORMAT = "dpiqa_jax.params"
-PROMPTS_TENSOR = "prompts"
 JAX_PROGRAM_FORMAT = "dpiqa_jax.jax_export"
 OFFICIAL_MOS_SCALE = 100.0  # the authors train the head on MOS / 100
 # Serialized jax.export programs are flatbuffers, which cannot exceed 2 GiB.
@@ -98,7 +95,9 @@ def _abstract_variables(module: Any, *args: Any, **kwargs: Any) -> dict[str, Any
 
 
 def _source_metadata(kind: str, checkpoint: str) -> dict[str, Any]:
-    return {"format": kind, "checkpoint": os.path.abspath(checkpoint),
+    # The file name and its digest identify the source; an absolute path would only name the
+    # machine the bundle was made on.
+    return {"format": kind, "checkpoint": os.path.basename(checkpoint),
             "sha256": file_sha256(checkpoint)}
 
 
@@ -185,14 +184,9 @@ def read_prompt_embeddings(path: str, text_dim: int) -> tuple[np.ndarray, dict[s
     The record holds the file, its sha256 and, when `prompts.json` sits beside it (written by
     `launch.embed_prompts`), that sidecar's contents.
     """
-    try:
-        embeddings = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the prompt embeddings ({err})") from err
-    if embeddings.dtype != np.float32 or embeddings.ndim != 2 or embeddings.shape[1] != text_dim:
-        raise ValueError(f"{path}: prompt embeddings must be float32 [K, {text_dim}] (K = 1485 for "
-                         f"the authors' prompts), got {embeddings.dtype} {list(embeddings.shape)}")
-    record: dict[str, Any] = {"path": os.path.abspath(path), "sha256": file_sha256(path),
+    from dpiqa_jax.prompts import read_prompt_array  # pylint: disable=import-outside-toplevel
+    embeddings = read_prompt_array(path, dim=text_dim)
+    record: dict[str, Any] = {"path": os.path.basename(path), "sha256": file_sha256(path),
                               "shape": list(embeddings.shape)}
     sidecar = os.path.splitext(path)[0] + ".json"
     if os.path.isfile(sidecar):
@@ -390,49 +384,8 @@ def export_official(model_bundle: bundle_lib.Bundle, path: str, *,
 
 # --------------------------------------------------------------------------- params safetensors
 
-
-def _manifest(model_bundle: bundle_lib.Bundle) -> dict[str, Any]:
-    return {"format": SAFETENSORS_FORMAT, "version": bundle_lib.VERSION,
-            "kind": model_bundle.kind, "model_config": model_bundle.model_config,
-            "metadata": model_bundle.metadata}
-
-
-def write_params_safetensors(model_bundle: bundle_lib.Bundle, path: str) -> None:
-    """Params-only safetensors: flat variable names, `prompts` for a teacher, manifest JSON."""
-    tensors = bundle_lib.flatten_variables(model_bundle.variables)
-    if model_bundle.prompts is not None:
-        tensors[PROMPTS_TENSOR] = np.asarray(model_bundle.prompts, np.float32)
-    manifest = json.dumps(_manifest(model_bundle))
-    bundle_lib.write_safetensors(path, tensors, {SAFETENSORS_METADATA_KEY: manifest})
-
-
-def read_safetensors_metadata(path: str) -> dict[str, str]:
-    """The `__metadata__` string map of a safetensors file ({} when it has none)."""
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-    try:
-        with safe_open(path, framework="numpy") as f:
-            return dict(f.metadata() or {})
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-
-
-def read_params_safetensors(path: str) -> bundle_lib.Bundle:
-    """Reads a file written by `write_params_safetensors` back as a bundle (no extras)."""
-    text = read_safetensors_metadata(path).get(SAFETENSORS_METADATA_KEY)
-    if text is None:
-        raise ValueError(f"{path}: a safetensors file without dpiqa_jax metadata; export models "
-                         f"with `python -m launch.export --format safetensors`")
-    manifest = json.loads(text)
-    if manifest.get("format") != SAFETENSORS_FORMAT or manifest.get("kind") not in bundle_lib.KINDS:
-        raise ValueError(f"{path}: metadata is not a {SAFETENSORS_FORMAT} manifest "
-                         f"(format={manifest.get('format')!r}, kind={manifest.get('kind')!r})")
-    tensors = torch_layout.read_safetensors(path)
-    prompts = tensors.pop(PROMPTS_TENSOR, None)
-    if manifest["kind"] == "teacher" and prompts is None:
-        raise ValueError(f"{path}: a teacher export needs the {PROMPTS_TENSOR!r} tensor")
-    return bundle_lib.Bundle(manifest["kind"], manifest["model_config"],
-                             bundle_lib.unflatten_variables(tensors), prompts, {},
-                             manifest.get("metadata", {}))
+# The params-only file is a bundle format; `dpiqa_jax.bundle` owns it.
+write_params_safetensors = bundle_lib.write_params_safetensors
 
 
 # --------------------------------------------------------------------------- jax.export
@@ -459,25 +412,27 @@ def export_jax_program(model_bundle: bundle_lib.Bundle, path: str, *,
     Returns:
       The sidecar description written to `PATH.json`.
     """
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax import scorer
-
-    scale = scorer.ScoreScale.from_metadata(model_bundle.metadata, mos_scale, path)
-    variables = scorer.cast_floats(model_bundle.variables, dtype)
+    scale = inference.ScoreScale.from_metadata(model_bundle.metadata, mos_scale, path)
+    variables = inference.cast_floats(model_bundle.variables, dtype)
     prompts = None if model_bundle.prompts is None else jnp.asarray(model_bundle.prompts, dtype)
     baked = _nbytes(variables) + (0 if prompts is None else prompts.nbytes)
     if baked > MAX_BAKED_BYTES:
         raise ValueError(f"the model's weights take {baked / 2**30:.2f} GiB in {np.dtype(dtype)}; "
                          f"a serialized jax.export program holds at most 2 GiB (try "
                          f"dtype=bfloat16, or export safetensors)")
-    module = scorer.build_module(model_bundle, dtype=dtype)
+    # Chunked attention compares the token count with the chunk size; with a polymorphic batch
+    # that count is symbolic (cross-attention folds the batch into the token axis), so such a
+    # program attends unchunked.
+    module = inference.build_module(
+        model_bundle, dtype=dtype,
+        query_chunk=inference.INFERENCE_QUERY_CHUNK if batch_size else 0)
 
     def serve(images):
-        raw, quality_map = scorer.apply_model(module, variables, prompts, images, {})
+        raw, quality_map = inference.apply_model(module, variables, prompts, images, {})
         return (raw.astype(jnp.float32) * jnp.float32(scale.mos_scale),
                 quality_map.astype(jnp.float32))
 
-    side = int(model_bundle.metadata.get("image_size", scorer.DEFAULT_IMAGE_SIZE))
+    side = model_bundle.image_size
     batch = jax.export.symbolic_shape("b")[0] if batch_size is None else batch_size
     spec = jax.ShapeDtypeStruct((batch, side, side, 3), jnp.float32)
     exported = jax.export.export(jax.jit(serve), platforms=platforms)(spec)

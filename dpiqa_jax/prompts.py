@@ -133,6 +133,48 @@ def save_prompt_embeddings(path: str | os.PathLike, embeddings: np.ndarray,
     return sidecar
 
 
+def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data start) from a .npy header, read without touching the data."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version} is not supported")
+        except (ValueError, SyntaxError, EOFError, TypeError) as err:
+            raise ValueError(f"{path}: not a readable .npy file ({err})") from None
+        return shape, dtype, f.tell()
+
+
+def read_prompt_array(path: str | os.PathLike, *, dim: int | None = None,
+                      rows: int | None = None) -> np.ndarray:
+    """Prompt embeddings float32 [K, D] from a .npy, its header checked before anything is read.
+
+    The declared shape must be 2-D (D = `dim`, K = `rows` when given) and the data it declares
+    must be exactly what the file holds, so a header declaring 10^12 rows is refused instead of
+    allocated. Pickled (object) arrays are never loaded.
+
+    Raises:
+      ValueError: naming the file and what is wrong.
+    """
+    path = os.fspath(path)
+    shape, dtype, data_start = _npy_header(path)
+    expected = f"float32 [{rows if rows is not None else 'K'}, {dim if dim is not None else 'D'}]"
+    if (dtype != np.float32 or len(shape) != 2 or (dim is not None and shape[1] != dim)
+            or (rows is not None and shape[0] != rows)):
+        raise ValueError(f"{path}: prompt embeddings must be {expected} (K = {NUM_PROMPTS} for "
+                         f"the authors' prompts), got {dtype} {list(shape)}")
+    declared = shape[0] * shape[1] * dtype.itemsize
+    held = os.path.getsize(path) - data_start
+    if declared != held:
+        raise ValueError(f"{path}: the header declares {list(shape)} float32 ({declared} bytes), "
+                         f"the file holds {held} bytes of data")
+    return np.load(path, allow_pickle=False)
+
+
 def load_prompt_embeddings(path: str | os.PathLike, prompts: Sequence[str] | None = None
                            ) -> tuple[np.ndarray, dict[str, Any]]:
     """Reads embeddings [K, D] and their sidecar, checking they belong to `prompts`
@@ -147,7 +189,4 @@ def load_prompt_embeddings(path: str | os.PathLike, prompts: Sequence[str] | Non
     if metadata.get("prompt_sha256") != expected_hash:
         raise ValueError(f"{path} was embedded from another prompt list (sha256 "
                          f"{metadata.get('prompt_sha256')}, expected {expected_hash})")
-    embeddings = np.load(path)
-    if embeddings.shape[0] != len(prompts):
-        raise ValueError(f"{path} holds {embeddings.shape[0]} embeddings, expected {len(prompts)}")
-    return embeddings, metadata
+    return read_prompt_array(path, rows=len(prompts)), metadata

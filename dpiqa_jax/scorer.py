@@ -1,93 +1,148 @@
 """Scoring images with a finished DP-IQA model: the Python API behind `python -m launch.score`.
 
-    scorer = Scorer.load("runs/koniq/best_model")    # see `resolve_model` for what a path may be
+    scorer = Scorer.load("runs/koniq/best_model")    # a bundle, a workdir or an exported file
     scorer.score(["a.jpg", pil_image, array])         # np.ndarray [N] on `scorer.score_range`
+    scorer.score(batch)                               # an array [N, H, W, 3] is N images
     scorer.predict(images, return_maps=True)          # Predictions(score, raw, quality_map)
     for result in scorer.score_files(paths): ...      # one FileResult per path, errors included
 
+Command-line runs (inputs expanded, rows and map files written) are `dpiqa_jax.score_files`'.
+
 Scores. The model's head predicts MOS / `mos_scale` (the authors train on MOS / 100); `raw` is that
-head output and `score = raw * mos_scale`, on `score_range` (bundle metadata `score_range`, default
-(0, mos_scale)). Higher is better (`lower_better = False`, as pyiqa). A bundle that does not record
-`mos_scale` is refused unless the caller passes one: a score on an unknown scale is not trusted.
+head output and `score = raw * mos_scale`, nominally on `score_range` (bundle metadata
+`score_range`, default (0, mos_scale)). A score outside that range is kept as computed. Higher is
+better (`lower_better = False`, as pyiqa). A bundle that does not record `mos_scale` is refused
+unless the caller passes one: a score on an unknown scale is not trusted. A score that comes out
+NaN or infinite is an error (`NonFiniteScoreError`; an error result in `score_files`).
 
-Inputs. Paths are decoded by `dpiqa_jax.data.images.load_rgb` (EXIF orientation applied; grey,
-palette, alpha, CMYK and 16-bit images converted as documented there; a pixel limit against
-decompression bombs), images smaller than `min_side` pixels on a side are refused, and everything
-is resized to the model's input size with PIL bilinear (torchvision's `Resize` on PIL images; an
-image already at that size is not resampled). PIL images take the same path after decoding (EXIF
-orientation included, so `score(Image.open(p))` equals `score(p)`). NumPy arrays [H, W, 3] (or
-[H, W] grey) are uint8, or float in [0, 1]; float arrays are resized channel by channel in PIL's
-float mode with the same filter, so they are not quantised to 8 bits.
+Inputs. Paths are opened only if they are regular files no larger than `max_file_bytes` (a FIFO,
+a device, a socket, a directory, a symlink loop or a dangling link is refused without being
+opened, and a file is opened non-blocking, so nothing can hang the run), then decoded by
+`dpiqa_jax.data.images.load_rgb` (EXIF orientation applied; grey, palette, alpha, CMYK and 16-bit
+images converted as documented there; a pixel limit against decompression bombs). Images smaller
+than `min_side` pixels on a side are refused, and everything is resized to the model's input size
+with PIL bilinear (torchvision's `Resize` on PIL images; an image already at that size is not
+resampled). PIL images take the same path after decoding (EXIF orientation included, so
+`score(Image.open(p))` equals `score(p)`). NumPy arrays [H, W, 3] (or [H, W] grey, or a batch
+[N, H, W, 3]) are uint8, or float in [0, 1]; float arrays are resized channel by channel in PIL's
+float mode with the same filter, so they are not quantised to 8 bits. Error messages name a path
+as given, and other inputs by their position in the call (`input 2 (ndarray)`).
 
-Determinism. Every batch is padded to `batch_size` (the padding rows are dropped), so one compiled
-program serves the whole run. With a given batch size, compute dtype and machine, an image's score
-is bit-identical in every run (on CPU, tested, also whatever its batch neighbours or position);
-another batch size is another compiled program and agrees to float32 rounding (~1e-6 relative).
-The teacher uses the posterior mean by default; `latent="sample"` draws the posterior sample from a
-key derived from `seed` and the image's pixels, so a sampled score is just as repeatable.
+Batches and determinism. Images are scored `batch_size` at a time; a shorter batch is padded only
+to the next of 1, 2, 4, ... `batch_size` (`inference.bucket_sizes`), and inside the compiled
+program the images pass through the model one at a time, so an image's score is bit-identical
+whatever its batch neighbours, its position, the padding and `batch_size` (on one machine, compute
+dtype and library version; tested on CPU). The teacher's attention runs in query chunks
+(`inference.INFERENCE_QUERY_CHUNK`), and weights are loaded tensor by tensor straight into the
+compute dtype on the device. The teacher uses the posterior mean by default; `latent="sample"`
+draws the posterior sample from a key derived from `seed` and the image's pixels, so a sampled
+score is just as repeatable.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import dataclasses
-import functools
-import glob
-import hashlib
-import io
-import itertools
-import json
+import errno
 import os
-import sys
+import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Union
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 from PIL import Image, ImageOps
 
 from dpiqa_jax import bundle as bundle_lib
-from dpiqa_jax import heatmap
+from dpiqa_jax import inference
 from dpiqa_jax.data import images as image_lib
+from dpiqa_jax.eval import rows as rows_lib
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif",
-                    ".jpe", ".ppm", ".pgm", ".pbm", ".pnm")
 # Below this, an image has too few pixels for a quality judgement (and a 1x1 file is more likely a
 # tracking pixel or a placeholder than a photo).
 MIN_IMAGE_SIDE = 8
+# Larger files are refused before a byte is read: an 8192 x 8192 photo (the pixel limit) stores
+# in well under 256 MiB in every format we decode, uncompressed 16-bit TIFF aside.
+DEFAULT_MAX_FILE_BYTES = 1 << 28
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_IMAGE_SIZE = 512
+DEFAULT_IMAGE_SIZE = inference.DEFAULT_IMAGE_SIZE
 LATENT_MODES = ("mean", "sample")
-BEST_MODEL_SUBDIR = "best_model"
-RESULT_COLUMNS = ("path", "score", "raw", "status", "error")
-OUTPUT_FORMATS = ("csv", "json")
+RESULT_COLUMNS = rows_lib.RESULT_COLUMNS
+OUTPUT_FORMATS = rows_lib.OUTPUT_FORMATS
+# Re-exported: the model-loading API that callers of the scorer also use.
+resolve_model = inference.resolve_model
+ScoreScale = inference.ScoreScale
+BundleError = bundle_lib.BundleError
 
 
 class InputError(ValueError):
     """An input cannot be scored; the message names it and says why."""
 
 
-# --------------------------------------------------------------------------- preprocessing
+class NonFiniteScoreError(ValueError):
+    """The model produced NaN or infinity for an input; the message names it."""
 
 
-def _read_file(path: str) -> bytes:
-    """The file's bytes; a missing, unreadable or non-regular path raises `InputError`."""
-    if os.path.isdir(path):
+# --------------------------------------------------------------------------- reading files
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind_of(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _stat_error(path: str, err: OSError) -> InputError:
+    if err.errno == errno.ELOOP:
+        return InputError(f"{path}: symbolic link loop")
+    if err.errno == errno.ENOENT:
+        if os.path.lexists(path):
+            return InputError(f"{path}: broken symbolic link (its target does not exist)")
+        return InputError(f"{path}: no such file")
+    return InputError(f"{path}: cannot read file ({type(err).__name__}: {err.strerror or err})")
+
+
+def _check_regular(path: str, info: os.stat_result, max_bytes: int) -> None:
+    if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{path}: is a directory, expected an image file")
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: {_kind_of(info.st_mode)}, not a regular file; not opened")
+    if info.st_size > max_bytes:
+        raise InputError(f"{path}: file is {info.st_size} bytes, larger than the limit of "
+                         f"{max_bytes} (max_file_bytes)")
+
+
+def read_file(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else raises `InputError`.
+
+    The path is checked before it is opened, opened non-blocking (a FIFO swapped in after the
+    check cannot block) and checked again on the open descriptor; at most `max_bytes` + 1 bytes are
+    read, so a file that grows meanwhile is refused too.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        _check_regular(path, os.stat(path), max_bytes)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
-        raise InputError(f"{path}: cannot read file ({type(err).__name__}: {err.strerror or err})"
-                         ) from err
+        raise _stat_error(path, err) from err
+    try:
+        _check_regular(path, os.fstat(fd), max_bytes)
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise _stat_error(path, err) from err
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise InputError(f"{path}: file grew beyond the limit of {max_bytes} bytes while read")
+    return data
+
+
+# --------------------------------------------------------------------------- preprocessing
 
 
 def _check_min_side(width: int, height: int, min_side: int, label: str) -> None:
@@ -139,8 +194,11 @@ def _resize_float(array: np.ndarray, config: image_lib.ImageConfig) -> np.ndarra
 
 
 def prepare_image(source: ImageInput, config: image_lib.ImageConfig, *,
-                  min_side: int = MIN_IMAGE_SIDE, label: str | None = None) -> np.ndarray:
+                  min_side: int = MIN_IMAGE_SIDE, label: str | None = None,
+                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
     """Any supported input -> model input float32 [config.height, config.width, 3] in [0, 1].
+
+    `label` names the input in messages (default: the path as given, else its type).
 
     Raises:
       InputError: (a subclass of ValueError) naming the input and the reason.
@@ -148,7 +206,7 @@ def prepare_image(source: ImageInput, config: image_lib.ImageConfig, *,
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         label = label or path
-        data = _read_file(path)
+        data = read_file(path, max_file_bytes)
         try:
             img = image_lib.load_rgb(data, name=label, max_pixels=config.max_pixels)
         except image_lib.ImageDecodeError as err:
@@ -170,12 +228,25 @@ def _pil_to_rgb(img: Image.Image, label: str) -> Image.Image:
     except image_lib.ImageDecodeError as err:
         raise InputError(str(err)) from err
     except (OSError, ValueError) as err:  # a lazily loaded image whose file is broken
-        raise InputError(f"{label}: cannot load image ({type(err).__name__}: {err})") from err
+        raise InputError(f"{label}: cannot load image ({type(err).__name__}: "
+                         f"{image_lib.without_stream_repr(str(err), label)})") from err
 
 
 def image_seed(model_input: np.ndarray) -> int:
     """A 32-bit number fixed by the image's pixels: its posterior-sample key (latent="sample")."""
     return zlib.crc32(np.ascontiguousarray(model_input, np.float32).tobytes())
+
+
+def labelled_inputs(images: ImageInput | Iterable[ImageInput]) -> list[tuple[ImageInput, str]]:
+    """The inputs of one call, each with how messages name it: a path as given, anything else by
+    its position (`input 2 (ndarray)`). An array [N, H, W, 3] is N inputs."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        images = [images]
+    return [(image, os.fspath(image) if isinstance(image, (str, os.PathLike))
+             else f"input {index} ({type(image).__name__})")
+            for index, image in enumerate(images)]
 
 
 # --------------------------------------------------------------------------- results
@@ -188,7 +259,7 @@ class Predictions:
     Attributes:
       score: [N] on the model's MOS scale (`Scorer.score_range`).
       raw: [N] the head output (MOS / mos_scale).
-      quality_map: [N, h, w, C] (NHWC; 64 x 64 x 8 for DP-IQA) when asked for, else None.
+      quality_map: [N, h, w, C] (channel-last; 64 x 64 x 8 for DP-IQA) when asked for, else None.
     """
 
     score: np.ndarray
@@ -200,7 +271,8 @@ class Predictions:
 class FileResult:
     """The outcome for one input path: a score, or the reason there is none.
 
-    `quality_map` [h, w, C] and `model_input` [H, W, 3] are kept only when maps were asked for.
+    `quality_map` [h, w, C] and `model_input` [H, W, 3] are kept only when maps were asked for;
+    `map_path` is the map file written for it (set by `score_to_output`).
     """
 
     path: str
@@ -209,6 +281,7 @@ class FileResult:
     error: str | None = None
     quality_map: np.ndarray | None = None
     model_input: np.ndarray | None = None
+    map_path: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -221,124 +294,14 @@ class FileResult:
     def row(self) -> dict[str, Any]:
         """The output row: `RESULT_COLUMNS` (score/raw None and error set for failures)."""
         return {"path": self.path, "score": self.score, "raw": self.raw, "status": self.status,
-                "error": self.error}
+                "error": self.error, "map_path": self.map_path}
 
 
-# --------------------------------------------------------------------------- model resolution
-
-
-def resolve_model(path: str | os.PathLike) -> tuple[bundle_lib.Bundle, str]:
-    """Reads a model from any of the places a user may point at; returns (bundle, path read).
-
-    * a bundle directory (`model.json` + `params.safetensors`: our own or a converted authors'
-      checkpoint),
-    * a training workdir: its `best_model/` bundle,
-    * a `.safetensors` file written by `launch.export --format safetensors`.
-
-    Raises:
-      FileNotFoundError / ValueError: naming the path and what was expected there.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        if bundle_lib.is_bundle(path):
-            return bundle_lib.load_bundle(path), path
-        best = os.path.join(path, BEST_MODEL_SUBDIR)
-        if bundle_lib.is_bundle(best):
-            return bundle_lib.load_bundle(best), best
-        raise FileNotFoundError(
-            f"{path}: neither a model bundle (no model.json) nor a training workdir (no "
-            f"{BEST_MODEL_SUBDIR}/model.json)")
-    if os.path.isfile(path):
-        if path.endswith(".safetensors"):
-            from dpiqa_jax import export  # pylint: disable=import-outside-toplevel
-            return export.read_params_safetensors(path), path
-        raise ValueError(f"{path}: expected a bundle directory, a training workdir or an "
-                         f"exported .safetensors file")
-    raise FileNotFoundError(f"model not found: {path}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoreScale:
-    """How the head output maps to the MOS scale: score = raw * mos_scale, on score_range."""
-
-    mos_scale: float
-    score_range: tuple[float, float]
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any], mos_scale: float | None,
-                      source: str) -> "ScoreScale":
-        scale = metadata.get("mos_scale") if mos_scale is None else mos_scale
-        if scale is None:
-            raise ValueError(
-                f"{source}: the model does not record `mos_scale` (the factor from its head "
-                f"output to the MOS scale, e.g. 100 for the authors' checkpoints); pass it "
-                f"explicitly (Scorer.load(..., mos_scale=...) or --mos_scale)")
-        scale = float(scale)
-        if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"{source}: mos_scale must be a positive number, got {scale}")
-        score_range = metadata.get("score_range") if mos_scale is None else None
-        low, high = (0.0, scale) if score_range is None else map(float, score_range)
-        return cls(scale, (low, high))
+def _non_finite_message(label: str, raw: float) -> str:
+    return f"{label}: the model's score is not finite ({raw}); the model or its weights are broken"
 
 
 # --------------------------------------------------------------------------- the scorer
-
-
-def cast_floats(tree: Any, dtype: Any) -> Any:
-    """The tree as jax arrays, floating-point leaves (bfloat16 included) cast to `dtype`."""
-    def cast(leaf):
-        leaf = np.asarray(leaf)
-        if jnp.issubdtype(leaf.dtype, jnp.floating):
-            leaf = leaf.astype(dtype)  # on the host: the device holds only the cast copy
-        return jnp.asarray(leaf)
-    return jax.tree.map(cast, tree)
-
-
-def build_module(model_bundle: bundle_lib.Bundle, *, latent: str = "mean",
-                 dtype: Any = jnp.float32) -> Any:
-    """The bundle's Flax module in compute `dtype`; a teacher uses the posterior `latent` mode."""
-    config = bundle_lib.model_config_from_dict(model_bundle.kind, model_bundle.model_config)
-    if model_bundle.kind == "teacher":
-        from dpiqa_jax.models.teacher import Teacher  # pylint: disable=import-outside-toplevel
-        return Teacher(config=dataclasses.replace(config, latent=latent), dtype=dtype)
-    if latent != "mean":
-        raise ValueError(f"latent={latent!r} applies to the teacher only; this is a "
-                         f"{model_bundle.kind} model")
-    from dpiqa_jax.models.student import Student  # pylint: disable=import-outside-toplevel
-    return Student(config=config, dtype=dtype)
-
-
-def apply_model(module: Any, variables: Any, prompts: jax.Array | None, images: jax.Array,
-                rngs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Teacher or student inference: images [B, H, W, 3] -> (raw [B], quality map [B, h, w, C]).
-
-    `prompts` [K, D] is the teacher's (None for a student).
-    """
-    if prompts is None:
-        return module.apply(variables, images, train=False)
-    return module.apply(variables, images, prompts, rngs=rngs)
-
-
-@functools.partial(jax.jit, static_argnames=("module", "sample_latent"))
-def _forward(variables, prompts, images, image_seeds, base_seed, *, module, sample_latent: bool):
-    """One padded batch: images [B, H, W, 3], image_seeds [B] uint32 -> (raw [B], map [B, h, w, C]).
-
-    `base_seed` is traced, so scorers differing in seed share the compiled program too.
-
-    Module-level and keyed on the (hashable) module, so scorers of the same architecture share
-    one compiled program per batch shape.
-    """
-    if not sample_latent:
-        return apply_model(module, variables, prompts, images, {})
-    base = jax.random.key(base_seed)
-
-    def one(image, image_seed_):
-        key = jax.random.fold_in(base, image_seed_)
-        raw, quality_map = apply_model(module, variables, prompts, image[None], {"latent": key})
-        return raw[0], quality_map[0]
-
-    # One image per call, so an image's posterior noise depends on its own key alone.
-    return jax.vmap(one)(images, image_seeds)
 
 
 class Scorer:
@@ -350,13 +313,14 @@ class Scorer:
                  batch_size: int = DEFAULT_BATCH_SIZE, latent: str = "mean", seed: int = 0,
                  dtype: Any = jnp.float32, max_pixels: int = image_lib.DEFAULT_MAX_PIXELS,
                  min_side: int = MIN_IMAGE_SIDE, mos_scale: float | None = None,
-                 image_size: int | None = None, preprocess_workers: int | None = None):
+                 image_size: int | None = None, preprocess_workers: int | None = None,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         """Prepares `model_bundle` for scoring.
 
         Args:
-          model_bundle: the model (see `resolve_model` / `Scorer.load`).
+          model_bundle: the model (see `inference.resolve_model` / `Scorer.load`).
           source: where it came from, for messages.
-          batch_size: images per device call; every call is padded to it.
+          batch_size: most images per device call (a shorter batch is padded to its bucket).
           latent: teacher only: "mean" (deterministic posterior mean, default) or "sample".
           seed: base seed of the per-image posterior samples (latent="sample").
           dtype: compute dtype (float32, or bfloat16 for faster approximate scores).
@@ -365,6 +329,7 @@ class Scorer:
           mos_scale: override of the bundle's `mos_scale` (required when it records none).
           image_size: model input side; default the bundle's `image_size` metadata, else 512.
           preprocess_workers: threads decoding images (default: min(batch_size, CPU count)).
+          max_file_bytes: larger image files are refused before they are read.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -372,20 +337,23 @@ class Scorer:
             raise ValueError(f"latent must be one of {LATENT_MODES}, got {latent!r}")
         if min_side < 1:
             raise ValueError(f"min_side must be >= 1, got {min_side}")
+        if max_file_bytes < 1:
+            raise ValueError(f"max_file_bytes must be >= 1, got {max_file_bytes}")
         self.kind = model_bundle.kind
         self.source = source
         self.metadata = dict(model_bundle.metadata)
         self.batch_size = batch_size
         self.latent = latent
         self.min_side = min_side
-        scale = ScoreScale.from_metadata(self.metadata, mos_scale, source)
-        self.mos_scale, self.score_range = scale.mos_scale, scale.score_range
-        side = int(image_size or self.metadata.get("image_size", DEFAULT_IMAGE_SIZE))
+        self.max_file_bytes = max_file_bytes
+        self.scale = inference.ScoreScale.from_metadata(self.metadata, mos_scale, source)
+        self.mos_scale, self.score_range = self.scale.mos_scale, self.scale.score_range
+        side = int(image_size or model_bundle.image_size)
         self.image_config = image_lib.ImageConfig(height=side, width=side, max_pixels=max_pixels)
-        self.module = build_module(model_bundle, latent=latent, dtype=dtype)
-        self._variables = cast_floats(model_bundle.variables, dtype)
+        self.module = inference.build_module(model_bundle, latent=latent, dtype=dtype)
+        self._variables = inference.cast_floats(model_bundle.variables, dtype)
         self._prompts = (None if model_bundle.prompts is None
-                         else jnp.asarray(model_bundle.prompts, dtype))
+                         else inference.to_device(model_bundle.prompts, dtype))
         self._seed = seed
         self._workers = preprocess_workers or max(1, min(batch_size, os.cpu_count() or 1))
 
@@ -393,9 +361,13 @@ class Scorer:
     def load(cls, path: str | os.PathLike, **kwargs: Any) -> "Scorer":
         """A scorer for a bundle directory, a training workdir or an exported .safetensors file.
 
-        Keyword arguments are `Scorer.__init__`'s.
+        Keyword arguments are `Scorer.__init__`'s. Every weight goes to the device in the compute
+        dtype as it is read, so the host never holds a second copy of the model; the bundle's
+        extras (tensors of an imported checkpoint the model does not use) are not read.
         """
-        model_bundle, resolved = resolve_model(path)
+        dtype = kwargs.get("dtype", jnp.float32)
+        model_bundle, resolved = inference.resolve_model(
+            path, place=lambda array: inference.to_device(array, dtype), extras=False)
         return cls(model_bundle, source=resolved, **kwargs)
 
     @property
@@ -405,18 +377,23 @@ class Scorer:
 
     # ------------------------------------------------------------------ arrays -> predictions
 
-    def _dispatch(self, arrays: Sequence[np.ndarray]) -> tuple[jax.Array, jax.Array]:
-        """Starts one padded batch on the device (asynchronously); len(arrays) <= batch_size."""
-        batch = np.zeros((self.batch_size,) + self.input_shape, np.float32)
-        seeds = np.zeros((self.batch_size,), np.uint32)
+    def _dispatch(self, arrays: Sequence[np.ndarray]):
+        """Starts one batch on the device (asynchronously); 1 <= len(arrays) <= batch_size.
+
+        The batch is padded to its bucket with zeros; the padding rows are dropped by the caller.
+        """
+        size = inference.bucket_size(len(arrays), self.batch_size)
+        batch = np.zeros((size,) + self.input_shape, np.float32)
+        seeds = np.zeros((size,), np.uint32)
         sample = self.latent == "sample"
         for row, array in enumerate(arrays):
             batch[row] = array
             seeds[row] = image_seed(array) if sample else 0
-        return _forward(self._variables, self._prompts, batch, seeds, np.uint32(self._seed),
-                        module=self.module, sample_latent=sample)
+        return inference.forward(self._variables, self._prompts, batch, seeds,
+                                 np.uint32(self._seed), module=self.module, sample_latent=sample)
 
     def predict_arrays(self, arrays: Sequence[np.ndarray], return_maps: bool) -> Predictions:
+        """Model inputs [H, W, 3] -> predictions (non-finite scores included, unchecked)."""
         raws, maps = [], []
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start:start + self.batch_size]
@@ -432,22 +409,31 @@ class Scorer:
         """Head outputs -> scores on the MOS scale (float32, the same in every API)."""
         return raw * np.float32(self.mos_scale)
 
-    def prepare(self, image: ImageInput) -> np.ndarray:
+    def prepare(self, image: ImageInput, label: str | None = None) -> np.ndarray:
         """One input -> the model input [H, W, 3] float32; raises `InputError` naming it."""
-        return prepare_image(image, self.image_config, min_side=self.min_side)
+        return prepare_image(image, self.image_config, min_side=self.min_side, label=label,
+                             max_file_bytes=self.max_file_bytes)
 
     def predict(self, images: ImageInput | Iterable[ImageInput], *,
                 return_maps: bool = False) -> Predictions:
         """Scores and raw head outputs (and quality maps) of images; raises on the first bad one.
 
         Args:
-          images: one input or a sequence of paths, PIL images and arrays (module docstring).
+          images: one input, a sequence of paths, PIL images and arrays, or an array
+            [N, H, W, 3] (module docstring).
           return_maps: also return the quality maps [N, h, w, C].
+
+        Raises:
+          InputError: an input cannot be scored. NonFiniteScoreError: the model gave NaN or inf.
         """
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-            images = [images]
-        arrays = [self.prepare(image) for image in images]
-        return self.predict_arrays(arrays, return_maps)
+        labelled = labelled_inputs(images)
+        arrays = [self.prepare(image, label) for image, label in labelled]
+        predictions = self.predict_arrays(arrays, return_maps)
+        bad = [(label, raw) for (_, label), raw in zip(labelled, predictions.raw)
+               if not np.isfinite(raw)]
+        if bad:
+            raise NonFiniteScoreError("; ".join(_non_finite_message(*b) for b in bad[:5]))
+        return predictions
 
     def score(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """Scores [N] on `score_range` (higher is better); raises `InputError` on a bad input."""
@@ -472,8 +458,7 @@ class Scorer:
         Decoding of the next batch overlaps the device's work on the current one.
         """
         chunks = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
-        bar = tqdm.tqdm(total=len(paths), desc="scoring", unit="img", file=sys.stderr,
-                        disable=not progress)
+        bar = tqdm.tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress)
         pending = None
         with concurrent.futures.ThreadPoolExecutor(self._workers) as pool, bar:
             for chunk in chunks:
@@ -498,13 +483,13 @@ class Scorer:
             if error is not None:
                 yield FileResult(path=path, error=error)
                 continue
-            yield FileResult(path=path, score=float(scores[row]), raw=float(raw[row]),
-                             quality_map=None if maps is None else maps[row],
+            value, row = raw[row], row + 1
+            if not np.isfinite(value):
+                yield FileResult(path=path, error=_non_finite_message(path, float(value)))
+                continue
+            yield FileResult(path=path, score=float(scores[row - 1]), raw=float(value),
+                             quality_map=None if maps is None else maps[row - 1],
                              model_input=array if return_maps else None)
-            row += 1
-
-
-# --------------------------------------------------------------------------- command-line inputs
 
 
 def load_predict_fn(checkpoint: str | os.PathLike, **kwargs: Any
@@ -512,178 +497,19 @@ def load_predict_fn(checkpoint: str | os.PathLike, **kwargs: Any
     """The evaluation protocol's predict function for a checkpoint (`dpiqa_jax.eval.protocol`).
 
     Returns: model inputs [B, H, W, 3] float32 in [0, 1], already at the model's size -> raw head
-    outputs [B] (MOS / mos_scale, the scale of the datasets' `mos_normalized`).
+    outputs [B] (MOS / mos_scale, the scale of the datasets' `mos_normalized`). The function's
+    attributes `input_size` (H = W) and `mos_scale` describe the model.
     """
     scorer = Scorer.load(checkpoint, **kwargs)
 
     def predict(images: np.ndarray) -> np.ndarray:
         if tuple(images.shape[1:]) != scorer.input_shape:
-            raise ValueError(f"{checkpoint} expects inputs [B, {', '.join(map(str, scorer.input_shape))}]"
-                             f", got {tuple(images.shape)}")
+            raise ValueError(f"{checkpoint} expects inputs [B, "
+                             f"{', '.join(map(str, scorer.input_shape))}], got "
+                             f"{tuple(images.shape)}")
         return scorer.predict_arrays(list(images), return_maps=False).raw
 
+    predict.input_size = scorer.image_config.height
+    predict.mos_scale = scorer.mos_scale
+    predict.score_range = scorer.score_range
     return predict
-
-
-def _is_glob(argument: str) -> bool:
-    return any(ch in argument for ch in "*?[")
-
-
-def _images_under(directory: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        found.extend(os.path.join(root, name) for name in sorted(files)
-                     if name.lower().endswith(IMAGE_EXTENSIONS))
-    return found
-
-
-def _list_file_entries(argument: str) -> list[str]:
-    """Paths listed in `@list.txt` (one per line; blank lines and `#` comments skipped)."""
-    list_path = argument[1:]
-    try:
-        with open(list_path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{argument}: cannot read the list file ({err})") from err
-    base = os.path.dirname(list_path)
-    return [line if os.path.isabs(line) else os.path.join(base, line)
-            for line in lines if line and not line.startswith("#")]
-
-
-def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[FileResult]]:
-    """Command-line inputs -> (image paths in order, each once; results for inputs that failed).
-
-    * a directory: its image files (`IMAGE_EXTENSIONS`, any case), recursively, sorted;
-    * a glob (`*`, `?`, `[`; `**` recurses): its matching files, sorted;
-    * `@list.txt`: the paths listed in it, one per line (blank lines and `#` comments skipped;
-      relative paths are relative to the list file; a directory listed there is an input error,
-      not expanded);
-    * anything else: a file path (a missing one becomes an error row when scored).
-
-    A directory without images, a glob matching no file and an unreadable list file come back as
-    error results, so they are reported rather than silently dropped.
-    """
-    paths: list[str] = []
-    failed: list[FileResult] = []
-    for argument in arguments:
-        if argument.startswith("@") and len(argument) > 1:
-            try:
-                paths.extend(_list_file_entries(argument))
-            except InputError as err:
-                failed.append(FileResult(path=argument, error=str(err)))
-        elif os.path.isdir(argument):
-            found = _images_under(argument)
-            paths.extend(found)
-            if not found:
-                failed.append(FileResult(path=argument, error=(
-                    f"{argument}: directory holds no image files ({', '.join(IMAGE_EXTENSIONS)})")))
-        elif _is_glob(argument) and not os.path.exists(argument):
-            matches = [m for m in sorted(glob.glob(argument, recursive=True)) if os.path.isfile(m)]
-            paths.extend(matches)
-            if not matches:
-                failed.append(FileResult(path=argument,
-                                         error=f"{argument}: pattern matches no file"))
-        else:
-            paths.append(argument)
-    return list(dict.fromkeys(paths)), failed
-
-
-def map_stems(paths: Sequence[str]) -> dict[str, str]:
-    """Path -> file stem for its quality-map files, unique over `paths`.
-
-    A stem used by one path only is kept (`photos/a.jpg` -> `a`). Paths sharing a stem (`x/a.jpg`,
-    `y/a.png`) all get `<stem>-<first 8 hex digits of sha1(absolute path)>`, so the name depends on
-    the path alone, not on the input order or the other inputs' order.
-    """
-    stems = {path: os.path.splitext(os.path.basename(path))[0] or "image" for path in paths}
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        counts[stem] = counts.get(stem, 0) + 1
-    return {path: stem if counts[stem] == 1 else
-            f"{stem}-{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]}"
-            for path, stem in stems.items()}
-
-
-def save_map_files(directory: str, stem: str, result: FileResult) -> None:
-    """Writes `<stem>.npy` (the quality map, float32 [C, h, w] as the authors' code returns it) and
-    `<stem>.png` (its heatmap over the model input)."""
-    quality_map = np.asarray(result.quality_map, np.float32)
-    np.save(os.path.join(directory, stem + ".npy"), np.ascontiguousarray(
-        quality_map.transpose(2, 0, 1)))
-    heatmap.save_overlay(os.path.join(directory, stem + ".png"), result.model_input, quality_map)
-
-
-class ResultWriter:
-    """Writes result rows as CSV (streamed, flushed per row) or JSON (a list, written at close)."""
-
-    def __init__(self, stream: io.TextIOBase, fmt: str):
-        if fmt not in OUTPUT_FORMATS:
-            raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
-        self._stream, self._fmt, self._rows = stream, fmt, []
-        if fmt == "csv":
-            self._csv = csv.DictWriter(stream, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-            self._csv.writeheader()
-
-    def write(self, result: FileResult) -> None:
-        row = result.row()
-        if self._fmt == "json":
-            self._rows.append(row)
-            return
-        self._csv.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v)
-                            for k, v in row.items()})
-        self._stream.flush()
-
-    def close(self) -> None:
-        if self._fmt == "json":
-            json.dump(self._rows, self._stream, indent=1)
-            self._stream.write("\n")
-        self._stream.flush()
-
-
-def output_format(output: str | None, fmt: str | None) -> str:
-    """`fmt` if given, else from the output's extension (.json -> json), else csv."""
-    if fmt:
-        return fmt
-    return "json" if output and output.lower().endswith(".json") else "csv"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSummary:
-    """Counts of a scoring run, and (path, reason) of every failed input."""
-
-    scored: int
-    failures: tuple[tuple[str, str], ...]
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-    @property
-    def total(self) -> int:
-        return self.scored + self.failed
-
-
-def score_to_output(scorer: Scorer, paths: Sequence[str], stream: io.TextIOBase, fmt: str, *,
-                    failed_inputs: Sequence[FileResult] = (), maps_dir: str | None = None,
-                    progress: bool = False) -> RunSummary:
-    """Scores `paths`, writing one row per path to `stream` (and map files to `maps_dir`).
-
-    `failed_inputs` (from `expand_inputs`) are written first, then the paths in order.
-    """
-    if maps_dir:
-        os.makedirs(maps_dir, exist_ok=True)
-    stems = map_stems(paths) if maps_dir else {}
-    writer = ResultWriter(stream, fmt)
-    scored, failures = 0, []
-    results = scorer.score_files(paths, return_maps=bool(maps_dir), progress=progress)
-    for result in itertools.chain(failed_inputs, results):
-        if result.ok:
-            scored += 1
-            if maps_dir:
-                save_map_files(maps_dir, stems[result.path], result)
-        else:
-            failures.append((result.path, result.error))
-        writer.write(result)
-    writer.close()
-    return RunSummary(scored, tuple(failures))

@@ -1,12 +1,17 @@
-r"""Speed of DP-IQA in JAX against the PyTorch original: one JSON line per measurement (issue #7).
+r"""Speed of DP-IQA in JAX against the PyTorch original: one JSON line per measurement.
 
   python -m launch.benchmark --size=tiny --torch --ratio --steps=3          # CPU: ~5 minutes
   python -m launch.benchmark --size=full --torch --ratio                    # one GPU
-  python -m launch.benchmark --size=full --only=student_infer --torch --batch=4 --steps=5
+  python -m launch.benchmark --size=full --only=student_infer --torch --batch_size=4 --steps=5
 
 Measurements (--only, comma separated; default all): teacher_infer, teacher_train,
 student_infer, student_train, input_pipeline (this project's Grain pipeline on the host CPU; its
-`framework` is "jax"). On CPU most of the time is XLA compiling. `--size=tiny`: parity.py's tiny SD configs, a small
+`framework` is "jax"), teacher_score and student_score (a random model saved as a bundle and used
+as `launch.score` uses it: `Scorer.load`, then PNG files read, decoded and scored; img/s and the
+process's peak RSS at each of --score_batches, each batch size in a process of its own:
+
+  python -m launch.benchmark --size=full --only=teacher_score,student_score --steps=2 --warmup=1
+). On CPU most of the time is XLA compiling. `--size=tiny`: parity.py's tiny SD configs, a small
 adapter and QFD, EfficientNet-B0, 64x64, batch 2. `--size=full`: SD 1.5 + EfficientNet-B7 at
 512x512, teacher batch 16, student batch 32. Weights are random. Each line carries `framework`,
 `batch`, `resolution`, `img_per_s`, `step_ms` (median), `compile_s`, `peak_memory_bytes` (and
@@ -25,15 +30,18 @@ JAX program of each measurement; JAX then does not preallocate GPU memory
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags
 
-from configs import student as student_configs
-from configs import teacher as teacher_configs
 from dpiqa_jax import benchmark
 from dpiqa_jax.sd.attention import ATTENTION_IMPLEMENTATIONS, AttentionKernel
+
+from . import cli
 
 _SIZE = flags.DEFINE_enum("size", "tiny", benchmark.SIZES, "Model and batch sizes.")
 _ONLY = flags.DEFINE_list("only", list(benchmark.MEASUREMENTS),
@@ -43,7 +51,9 @@ _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "torch.compile the Py
 _RATIO = flags.DEFINE_bool("ratio", False, "Print jax / torch img/s per measurement.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before the timed ones.")
-_BATCH = flags.DEFINE_integer("batch", 0, "Images per step for every measurement; 0: the size's.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Images per step for every measurement; 0: the "
+                              "size's.", lower_bound=0)
+cli.rename("batch", "batch_size")
 _RESOLUTION = flags.DEFINE_integer("resolution", 0, "Image side (multiple of 64); 0: the size's.")
 _STUDENT_BACKBONE = flags.DEFINE_string("student_backbone", "",
                                         "EfficientNet of the student (b0..b7); '': the size's.")
@@ -60,11 +70,11 @@ _ATTENTION = flags.DEFINE_enum("attention", "xla", ATTENTION_IMPLEMENTATIONS,
 _QUERY_CHUNK = flags.DEFINE_integer("query_chunk", None, "Teacher attention queries per "
                                     "rematerialised chunk (xla only); 0: unchunked; default: the "
                                     "training config's with xla, 0 with cudnn.")
+_SCORE_BATCHES = flags.DEFINE_list("score_batches", [str(b) for b in benchmark.SCORING_BATCHES],
+                                    "Batch sizes of the scoring measurements, each measured in "
+                                    "its own process.")
 _KEEP_GOING = flags.DEFINE_bool("keep_going", False,
                                 "On a failed measurement print an error line, go on, exit 1.")
-# The spellings of issue #7.
-flags.DEFINE_alias("torch-compile", "torch_compile")
-flags.DEFINE_alias("student-backbone", "student_backbone")
 
 
 def check_measurements(names: list[str]) -> list[str]:
@@ -130,7 +140,51 @@ def _measured(measurement: str, framework: str, measure: Callable[[], benchmark.
                 "error": f"{type(error).__name__}: {error}"}
 
 
-def _line(record: benchmark.Record | dict[str, str]) -> str:
+def scoring_batches() -> list[int]:
+    try:
+        batches = [int(b) for b in _SCORE_BATCHES.value]
+    except ValueError as error:
+        raise app.UsageError(f"--score_batches={','.join(_SCORE_BATCHES.value)}: {error}")
+    if not batches or min(batches) < 1:
+        raise app.UsageError("--score_batches needs positive batch sizes")
+    return batches
+
+
+def scoring_command(measurement: str, batch: int) -> list[str]:
+    """This program measuring one scoring configuration, with this run's other flags."""
+    shared = [f"--size={_SIZE.value}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
+              f"--seed={_SEED.value}", f"--resolution={_RESOLUTION.value}",
+              f"--student_backbone={_STUDENT_BACKBONE.value}"]
+    return [sys.executable, "-m", "launch.benchmark", f"--only={measurement}",
+            f"--score_batches={batch}", *shared]
+
+
+def scoring_records(measurement: str, batches: list[int], several: bool
+                    ) -> list[benchmark.Record | dict[str, str]]:
+    """One line per batch size: measured here if it is the only scoring configuration of the
+    run, else each in a child process (peak RSS is a per-process figure)."""
+    if not several:
+        size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
+                                        student_backbone=_STUDENT_BACKBONE.value)
+        with tempfile.TemporaryDirectory(prefix="dpiqa-benchmark-") as directory:
+            return [_measured(measurement, "jax", lambda: benchmark.measure_scoring(
+                measurement, size, batches[0], _STEPS.value, _WARMUP.value, _SEED.value,
+                directory))]
+    results = []
+    for batch in batches:
+        child = subprocess.run(scoring_command(measurement, batch), capture_output=True,
+                               text=True, check=False)
+        lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+        if child.returncode == 0 and lines:
+            results.append(json.loads(lines[-1]))
+        else:
+            results.append({"measurement": measurement, "framework": "jax", "batch": batch,
+                            "error": child.stderr.strip().splitlines()[-1] if child.stderr
+                            else f"exit status {child.returncode}"})
+    return results
+
+
+def _line(record: benchmark.Record | dict[str, Any]) -> str:
     return record.to_json() if isinstance(record, benchmark.Record) else json.dumps(record)
 
 
@@ -149,28 +203,34 @@ def main(argv):
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
                                     student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value)
-    teacher_training = teacher_configs.get_config("koniq10k")
+    teacher_training = cli.config_module("teacher").get_config("koniq10k")
     settings = benchmark.RunSettings(
         size=size, dtype=benchmark.compute_dtype(_DTYPE.value, benchmark.jax_platform()),
         steps=_STEPS.value, warmup=_WARMUP.value, seed=_SEED.value,
         peak_tflops=_PEAK_TFLOPS.value or None, teacher_training=teacher_training,
-        student_training=student_configs.get_config("koniq10k"),
+        student_training=cli.config_module("student").get_config("koniq10k"),
         attention=_attention_kernel(teacher_training.attention.query_chunk))
     results = []
+    batches = scoring_batches()
+    scoring = [m for m in measurements if m in benchmark.SCORING_MEASUREMENTS]
     for measurement in measurements:
-        new = ([_measured(measurement, "jax", lambda: input_pipeline_record(size))]
-               if measurement == benchmark.INPUT_PIPELINE
-               else model_records(measurement, settings))
+        if measurement == benchmark.INPUT_PIPELINE:
+            new = [_measured(measurement, "jax", lambda: input_pipeline_record(size))]
+        elif measurement in benchmark.SCORING_MEASUREMENTS:
+            new = scoring_records(measurement, batches, len(scoring) * len(batches) > 1)
+        else:
+            new = model_records(measurement, settings)
         for result in new:
             print(_line(result), flush=True)
         results.extend(new)
     records = [r for r in results if isinstance(r, benchmark.Record)]
+    relayed = [r for r in results if isinstance(r, dict) and "error" not in r]
     if _RATIO.value:
         for line in benchmark.speedups(records):
             print(json.dumps(line), flush=True)
-    if len(records) < len(results):
+    if len(records) + len(relayed) < len(results):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

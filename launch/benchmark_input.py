@@ -8,9 +8,11 @@ images.preprocess in a loop, and the Grain evaluation pipeline with --num_thread
 threads (the measurement lives in dpiqa_jax/data/throughput.py).
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from dpiqa_jax.data.throughput import input_throughput
+
+from . import cli
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 64, "Distinct JPEGs to generate.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Pipeline batch size.")
@@ -29,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

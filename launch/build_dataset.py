@@ -1,7 +1,7 @@
 r"""Builds an IQA dataset (TFDS, array_record, no TensorFlow) from your downloaded copy.
 
   python -m launch.build_dataset --dataset=koniq10k --manual_dir=/data/koniq10k \
-      --data_dir=~/tensorflow_datasets [--config=512x384] [--skip_bad_images]
+      --data_dir=~/tensorflow_datasets [--variant=512x384] [--skip_bad_images]
 
   # Your own images: a CSV (filename,mos) + a folder; the MOS range is required.
   python -m launch.build_dataset --dataset=iqa_folder --folder_name=my_photos \
@@ -9,18 +9,22 @@ r"""Builds an IQA dataset (TFDS, array_record, no TensorFlow) from your download
 
 Datasets: koniq10k, live_challenge, spaq, flive, kadid10k, agiqa3k, iqa_folder. Each dataset's
 expected manual-directory layout is printed by --describe_layout. --skip_bad_images builds the
-config "<config>_skip_bad", leaving out (and reporting) missing or undecodable images.
+variant "<variant>_skip_bad", leaving out (and reporting) missing or undecodable images.
 """
 
 from absl import app, flags, logging
 
 from dpiqa_jax.data import builders
 
+from . import cli
+
 _DATASET = flags.DEFINE_enum("dataset", None, builders.DATASET_NAMES, "Dataset to build.",
                              required=True)
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Your downloaded copy (official layout).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "TFDS data directory.")
-_CONFIG = flags.DEFINE_string("config", None, "Builder config (default: the dataset's first).")
+_CONFIG = flags.DEFINE_string("variant", None, "Builder config of the dataset (default: its "
+                              "first).")
+cli.rename("config", "variant")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad_images", False,
                               "Leave out missing / undecodable images instead of failing.")
 _DESCRIBE = flags.DEFINE_bool("describe_layout", False,
@@ -59,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,8 +1,8 @@
 """DP-IQA end to end on one CPU, on photographs that ship inside packages.
 
   python -m launch.demo                       # report in ./demo_out
-  python -m launch.demo --out /tmp/demo --teacher_steps 50 --student_steps 50
-  python -m launch.demo --out /tmp/seeds --seeds 0,1,2    # three photo splits: median and range
+  python -m launch.demo --output /tmp/demo --teacher_steps 50 --student_steps 50
+  python -m launch.demo --output /tmp/seeds --seeds 0,1,2   # three photo splits: median, range
 
 Labels are a full-reference quality (multi-scale SSIM of each distorted image against its pristine
 photograph, 0..100): the models learn to predict it without the reference. Trains a tiny
@@ -18,7 +18,10 @@ from absl import app, flags
 
 from dpiqa_jax import demo
 
-_OUT = flags.DEFINE_string("out", "demo_out", "Report folder.")
+from . import cli
+
+_OUT = flags.DEFINE_string("output", "demo_out", "Report folder.")
+cli.rename("out", "output")
 _TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", demo.DemoSettings.teacher_steps,
                                       "Teacher training steps.")
 _STUDENT_STEPS = flags.DEFINE_integer("student_steps", demo.DemoSettings.student_steps,
@@ -40,15 +43,17 @@ def main(argv):
         raise app.UsageError(f"--seeds takes integers, got {_SEEDS.value}") from error
     settings = demo.DemoSettings(image_size=_IMAGE_SIZE.value, teacher_steps=_TEACHER_STEPS.value,
                                  student_steps=_STUDENT_STEPS.value, seed=_SEED.value)
+    tiny_configs = {kind: cli.config_module(kind).get_config("tiny")
+                    for kind in ("teacher", "student")}
     if seeds:
-        report = demo.run_seeds(_OUT.value, settings, seeds)
+        report = demo.run_seeds(_OUT.value, tiny_configs, settings, seeds)
         print(demo.format_seed_figures(report))
     else:
-        metrics = demo.run_demo(_OUT.value, settings)
+        metrics = demo.run_demo(_OUT.value, tiny_configs, settings)
         print(f"seed {settings.seed}, {len(metrics['held_out_photos'])} held-out photographs:")
         print(demo.format_figures(metrics))
     print(f"demo report: {os.path.abspath(_OUT.value)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,18 +1,20 @@
 r"""Embeds the 1485 DP-IQA prompts with a CLIP text encoder and caches them as .npy + JSON sidecar.
 
   python -m launch.embed_prompts --clip /models/clip-vit-large-patch14 \
-      --mode clip_projected --out prompts.npy
+      --mode clip_projected --output prompts.npy
 
 `--clip` is a transformers directory (config.json + weights): a CLIP model for `clip_projected`
 (the authors' vectors), or SD's `text_encoder/` for `mean_pooled` (then pass `--tokenizer` = SD's
 `tokenizer/`). The output is float32 [1485, D]; `prompts.json` beside it records its provenance.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax.numpy as jnp
 
 from dpiqa_jax import prompts
 from dpiqa_jax.sd import clip_text, loading
+
+from . import cli
 
 _CLIP = flags.DEFINE_string("clip", None, "transformers CLIP text encoder directory.",
                             required=True)
@@ -20,8 +22,10 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None,
                                  "directory with vocab.json/merges.txt (default: --clip).")
 _MODE = flags.DEFINE_enum("mode", prompts.CLIP_PROJECTED, prompts.EMBEDDING_MODES,
                           "Prompt vector: projected EOS state or mean of real-token states.")
-_OUT = flags.DEFINE_string("out", None, "Output .npy path.", required=True)
-_BATCH = flags.DEFINE_integer("batch", 64, "Prompts per forward pass.")
+_OUT = flags.DEFINE_string("output", None, "Output .npy path.", required=True)
+cli.rename("out", "output")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Prompts per forward pass.", lower_bound=1)
+cli.rename("batch", "batch_size")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 
 
@@ -41,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,9 +1,9 @@
-r"""Exports a model bundle as params-only safetensors, the authors' PyTorch layout, or a
-serialized jax.export program.
+r"""Exports a model bundle as params-only safetensors, the authors' PyTorch layout, a
+serialized jax.export program, or (a student) an ONNX file.
 
-  python -m launch.export --checkpoint DIR --format safetensors --out model.safetensors
-  python -m launch.export --checkpoint DIR --format official --out dpiqa.pth   # or .safetensors
-  python -m launch.export --checkpoint DIR --format jax-export --out student.jaxexport \
+  python -m launch.export --checkpoint DIR --format safetensors --output model.safetensors
+  python -m launch.export --checkpoint DIR --format official --output dpiqa.pth  # or .safetensors
+  python -m launch.export --checkpoint DIR --format jax-export --output student.jaxexport \
       [--batch_size N] [--dtype bfloat16] [--platforms cpu,cuda]
 
 --checkpoint: a bundle directory, a training workdir (its best_model/) or an exported
@@ -16,24 +16,29 @@ official: the authors' state-dict layout (torch needed for .pth). A converted ch
 jax-export: weights baked in; input [B, H, W, 3] float32 in [0, 1] (B polymorphic unless
   --batch_size); outputs (score [B] on the MOS scale, quality map [B, 64, 64, 8] NHWC); described
   in OUT.json. Reload: jax.export.deserialize(open(OUT, 'rb').read()).call(images).
+onnx: a student with the authors' interface (input `input` [batch, 3, S, S] float32 RGB in
+  [0, 1], outputs `score` [batch, 1] = MOS / mos_scale and `map` [batch, 8, 64, 64]; the batch is
+  dynamic unless --batch_size), preprocessing and MOS scale in the model's metadata; float32 only.
 Exit status: 0 written, 1 the model cannot be exported so, 2 usage error.
 """
 
 import sys
 
-from absl import app, flags
+from absl import flags
 import jax.numpy as jnp
 
-from dpiqa_jax import export, scorer
-from launch import cli
+from dpiqa_jax import export, inference, onnx_export
 
-FORMATS = ("safetensors", "official", "jax-export")
+from . import cli
+
+FORMATS = ("safetensors", "official", "jax-export", "onnx")
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Bundle directory, training workdir or exported .safetensors.",
     required=True)
 _FORMAT = flags.DEFINE_enum("format", None, list(FORMATS), "Export format.", required=True)
-_OUT = flags.DEFINE_string("out", None, "Output file.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output file.", required=True)
+cli.rename("out", "output")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "jax-export: fixed batch size (default "
                                    "polymorphic).", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -44,17 +49,20 @@ _OMIT_UNUSED = flags.DEFINE_bool("omit_unused", False, "official: allow a teache
                                  "authors' unused tensors.")
 _MOS_SCALE = flags.DEFINE_float("mos_scale", None, "jax-export: head output -> MOS factor, for "
                                 "models that do not record it.")
-for _name in ("batch_size", "omit_unused", "mos_scale"):
-    flags.DEFINE_alias(_name.replace("_", "-"), _name)
 
 
 def _export(model_bundle) -> None:
     if _FORMAT.value == "safetensors":
-        export.write_params_safetensors(model_bundle, _OUT.value)
+        export.write_params_safetensors(model_bundle, _OUTPUT.value)
     elif _FORMAT.value == "official":
-        export.export_official(model_bundle, _OUT.value, omit_unused=_OMIT_UNUSED.value)
+        export.export_official(model_bundle, _OUTPUT.value, omit_unused=_OMIT_UNUSED.value)
+    elif _FORMAT.value == "onnx":
+        if _PLATFORMS.value:
+            raise ValueError("--platforms applies to jax-export only")
+        onnx_export.export_onnx(model_bundle, _OUTPUT.value, batch_size=_BATCH_SIZE.value,
+                                dtype=_DTYPE.value, mos_scale=_MOS_SCALE.value)
     else:
-        export.export_jax_program(model_bundle, _OUT.value, batch_size=_BATCH_SIZE.value,
+        export.export_jax_program(model_bundle, _OUTPUT.value, batch_size=_BATCH_SIZE.value,
                                   dtype=jnp.dtype(_DTYPE.value), platforms=_PLATFORMS.value,
                                   mos_scale=_MOS_SCALE.value)
 
@@ -63,7 +71,7 @@ def main(argv):
     if len(argv) > 1:
         cli.exit_with_usage_error(f"unexpected arguments {argv[1:]}")
     try:
-        model_bundle, _ = scorer.resolve_model(_CHECKPOINT.value)
+        model_bundle, _ = inference.resolve_model(_CHECKPOINT.value)
     except (OSError, ValueError) as err:
         cli.exit_with_usage_error(f"cannot load --checkpoint: {err}")
     try:
@@ -71,9 +79,9 @@ def main(argv):
     except (OSError, ValueError, ImportError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {_OUT.value}", file=sys.stderr)
+    print(f"wrote {_OUTPUT.value}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -39,14 +39,16 @@ _fake_devices_for_mesh(sys.argv)
 import json  # noqa: E402
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from dpiqa_jax.train import footprint, sharding  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+from . import cli  # noqa: E402
+
+_CONFIG = cli.define_config_flag("Training config: teacher:VARIANT, student:VARIANT or a "
+                                 "config file, configs/teacher.py:VARIANT.")
 _MESH = flags.DEFINE_string("mesh", None, "Mesh to measure the train step on, e.g. "
                             "data=2,fsdp=4 (default: parameter counts only).")
+flags.mark_flag_as_required("config")
 
 
 def main(argv):
@@ -65,5 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run(main)

@@ -179,3 +179,16 @@ def test_median_step_seconds_runs_warmup_untimed():
     calls = []
     seconds = benchmark.median_step_seconds(lambda: calls.append(1), steps=3, warmup=2)
     assert len(calls) == 5 and 0 <= seconds < 1
+
+
+@pytest.mark.parametrize("measurement", benchmark.SCORING_MEASUREMENTS)
+def test_scoring_line_scores_files_with_a_loaded_bundle(measurement, tmp_path):
+    size = benchmark.benchmark_size("tiny")
+    record = benchmark.measure_scoring(measurement, size, batch=2, steps=1, warmup=0, seed=0,
+                                       directory=str(tmp_path))
+    line = json.loads(record.to_json())
+    assert line["measurement"] == measurement and line["batch"] == 2
+    assert line["img_per_s"] > 0 and line["img_per_s"] == pytest.approx(2e3 / line["step_ms"])
+    assert line["peak_memory_kind"] == "process_peak_rss"
+    assert 0 < line["peak_memory_bytes"] <= benchmark.peak_rss_bytes()
+    assert sorted(os.listdir(tmp_path)) == sorted(["0.png", "1.png", measurement.split("_")[0]])

@@ -17,7 +17,8 @@ from dpiqa_jax.train import run
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_MODULES = {"teacher": teacher_configs, "student": student_configs}
 REQUIRED_FIELDS = ("seed", "total_steps", "num_epochs", "checkpoint_every_steps",
-                   "log_every_steps", "eval_every_steps", "batch_size", "mesh",
+                   "log_every_steps", "eval_every_steps", "eval_every_epochs", "protocol",
+                   "batch_size", "mesh",
                    "init_checkpoint", "data.data_dir", "data.split_file")
 
 
@@ -37,20 +38,22 @@ def test_every_variant_builds_with_the_shared_fields(kind, variant):
     assert config.data.source == ("demo" if variant == "tiny" else "tfds")
 
 
-@pytest.mark.parametrize("variant,milestone", [("koniq10k", 5), ("clive", 10), ("flive", 2),
-                                               ("spaq", 5)])
-def test_teacher_recipe_is_the_authors(variant, milestone):
+@pytest.mark.parametrize("variant,milestone,batch", [("koniq10k", 5, 16), ("clive", 10, 16),
+                                                     ("flive", 2, 16), ("spaq", 5, 16),
+                                                     ("kadid10k", 5, 14)])
+def test_teacher_recipe_is_the_authors(variant, milestone, batch):
     config = teacher_configs.get_config(variant)
     assert config.optimizer.name == "adam" and config.optimizer.learning_rate == 1e-5
     assert config.optimizer.weight_decay == 0.0
-    assert config.batch_size == 16 and config.num_epochs == 30
+    assert config.batch_size == batch and config.num_epochs == 30
     assert tuple(config.schedule.milestone_epochs) == (milestone,)
     assert config.schedule.factor == 0.2
     assert config.model.latent == "mean" and config.model.timestep == 1
 
 
 @pytest.mark.parametrize("variant,milestones", [("koniq10k", (5,)), ("clive", (10, 25)),
-                                                ("flive", (4,)), ("spaq", (6,))])
+                                                ("flive", (4,)), ("spaq", (6,)),
+                                                ("kadid10k", (5, 10))])
 def test_student_recipe_is_the_authors(variant, milestones):
     config = student_configs.get_config(variant)
     assert config.optimizer.name == "adam" and config.optimizer.learning_rate == 1e-4
@@ -74,6 +77,16 @@ def test_docstring_gives_the_command(kind):
     doc = CONFIG_MODULES[kind].__doc__
     assert f"python -m launch.train --config=configs/{kind}.py:koniq10k" in doc
     assert f"--config=configs/{kind}.py:tiny" in doc
+    assert f"dpiqa train --config {kind}:tiny" in doc
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIG_MODULES))
+def test_a_config_file_loaded_from_its_path_builds_the_same_config(kind, monkeypatch):
+    """ml_collections loads a config file outside any package; its import of `common` must work
+    there as well as in the package (configs.teacher, dpiqa_jax.configs.teacher installed)."""
+    monkeypatch.chdir(REPO)
+    assert _parse([f"--config=configs/{kind}.py:tiny"]).to_dict() == (
+        CONFIG_MODULES[kind].get_config("tiny").to_dict())
 
 
 def _parse(argv):
@@ -119,3 +132,13 @@ def test_split_is_applied_to_a_locked_copy():
     assert config.data.dataset == "koniq10k"
     with pytest.raises(AttributeError):
         copy.data.splt = "x"
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIG_MODULES))
+def test_evaluation_is_once_per_epoch_under_our_protocol_by_default(kind):
+    config = CONFIG_MODULES[kind].get_config("clive")
+    assert config.protocol == "ours"
+    assert config.eval_every_epochs == 1 and config.eval_every_steps == 0
+    assert run.eval_interval(config, 58) == 58
+    config.eval_every_steps = 250
+    assert run.eval_interval(config, 58) == 250

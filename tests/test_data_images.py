@@ -172,3 +172,13 @@ def test_preprocess_is_decode_then_resize():
     config = images.ImageConfig(height=10, width=12)
     np.testing.assert_array_equal(images.preprocess(data, config),
                                   images.resize_for_model(images.load_rgb(data), config))
+
+
+def test_messages_name_the_input_never_the_stream_object():
+    with pytest.raises(images.ImageDecodeError) as caught:
+        images.load_rgb(b"not an image", name="holiday.jpg")
+    assert str(caught.value) == ("holiday.jpg: cannot decode image (UnidentifiedImageError: cannot "
+                                 "identify image file holiday.jpg)")
+    assert images.without_stream_repr(
+        "cannot identify image file <_io.BytesIO object at 0x7f3a2c1d9e40>", "a.png") == \
+        "cannot identify image file a.png"

@@ -24,7 +24,9 @@ def memory_source(count: int = 10) -> sources.InMemorySource:
 
 
 def labels_of(batches) -> list[list[float]]:
-    return [[round(float(x), 4) for x in b["mos_normalized"]] for b in batches]
+    """The labels of the real (unmasked) images of each batch."""
+    return [[round(float(x), 4) for x, real in zip(b["mos_normalized"], b["mask"]) if real]
+            for b in batches]
 
 
 def config(**overrides) -> pipeline.PipelineConfig:
@@ -104,7 +106,7 @@ def test_training_order_is_a_function_of_the_seed():
     other = labels_of(pipeline.train_dataset(source, config(seed=4)))
     assert first == again
     assert first != other
-    assert len(first) == 20 // 3  # Two epochs, whole batches only.
+    assert len(first) == 2 * 4  # Two epochs of ceil(10 / 3) batches.
 
 
 def test_each_epoch_is_a_different_permutation_of_all_images():
@@ -125,7 +127,7 @@ def test_resumed_iterator_sees_the_same_batches():
     state = iterator.get_state()
     rest = list(iterator)
     resumed = list(pipeline.train_iterator(source, cfg, state=state))
-    assert len(rest) == len(resumed) == 4
+    assert len(rest) == len(resumed) == 6
     for a, b in zip(rest, resumed):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["mos_normalized"], b["mos_normalized"])
@@ -133,17 +135,35 @@ def test_resumed_iterator_sees_the_same_batches():
 
 def test_processes_get_disjoint_equal_shares():
     source = memory_source(11)
-    shares = [sum(labels_of(pipeline.train_dataset(source, config(batch_size=2), p, 2)), [])
-              for p in range(2)]
-    assert len(shares[0]) == len(shares[1]) == 10  # 22 images -> 5 global batches of 4.
-    single = sum(labels_of(pipeline.train_dataset(source, config(batch_size=4))), [])
-    interleaved = [x for pair in zip(shares[0], shares[1]) for x in pair]
-    assert interleaved == single[:len(interleaved)]
+    batches = [list(pipeline.train_dataset(source, config(batch_size=2), p, 2)) for p in range(2)]
+    # 11 images -> 3 global batches of 4 per epoch (one padding image), two epochs.
+    assert len(batches[0]) == len(batches[1]) == 6
+    single = list(pipeline.train_dataset(source, config(batch_size=4)))
+    for step, whole in enumerate(single):
+        for field in ("mos_normalized", "mask"):
+            interleaved = np.stack([batches[0][step][field], batches[1][step][field]], 1)
+            np.testing.assert_array_equal(interleaved.ravel(), whole[field])
+    real = sum(labels_of(batches[0]) + labels_of(batches[1]), [])
+    assert sorted(real) == sorted(2 * [round(i / 11, 4) for i in range(11)])
 
 
-def test_too_few_images_for_one_global_batch_is_an_error():
-    with pytest.raises(ValueError, match="do not fill one global batch of 8"):
-        pipeline.train_dataset(memory_source(3), config(batch_size=4, num_epochs=2), 0, 2)
+@pytest.mark.parametrize("count, batch_size, processes", [(10, 3, 1), (3, 4, 2), (8, 4, 1)])
+def test_an_epoch_keeps_its_last_partial_batch_masked(count, batch_size, processes):
+    """ceil(N / global batch) batches per epoch; every image once, padding masked and zero."""
+    per_process = [list(pipeline.train_dataset(memory_source(count),
+                                               config(batch_size=batch_size, num_epochs=1), p,
+                                               processes))
+                   for p in range(processes)]
+    steps = pipeline.steps_per_epoch(count, batch_size * processes)
+    assert steps == -(-count // (batch_size * processes))
+    assert all(len(batches) == steps for batches in per_process)
+    real = sorted(sum((sum(labels_of(b), []) for b in per_process), []))
+    assert real == sorted(round(i / count, 4) for i in range(count))
+    for batches in per_process:
+        for batch in batches:
+            assert not np.any(batch["image"][~batch["mask"]])
+    padding = sum(int(np.sum(~b["mask"])) for batches in per_process for b in batches)
+    assert padding == steps * batch_size * processes - count
 
 
 def test_infinite_training_stream_keeps_going():

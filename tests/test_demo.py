@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from configs import student, teacher
 from dpiqa_jax import demo, demo_data, demo_maps
 
 
@@ -13,7 +14,8 @@ from dpiqa_jax import demo, demo_data, demo_maps
 def test_demo_writes_the_report(tmp_path):
     settings = demo.DemoSettings(image_size=64, teacher_steps=2, student_steps=2, batch_size=8,
                                  evaluations=1)
-    metrics = demo.run_demo(str(tmp_path), settings)
+    tiny_configs = {"teacher": teacher.get_config("tiny"), "student": student.get_config("tiny")}
+    metrics = demo.run_demo(str(tmp_path), tiny_configs, settings)
     with open(tmp_path / "metrics.json", encoding="utf-8") as f:
         written = json.load(f)
     versions = 1 + len(demo_data.DISTORTIONS) * demo_data.LEVELS

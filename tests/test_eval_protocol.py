@@ -14,6 +14,7 @@ import pytest
 
 from dpiqa_jax.data import images, sources, splits
 from dpiqa_jax.eval import aggregate, metrics, multi_split, protocol
+from dpiqa_jax.eval import rows as rows_lib
 
 import iqa_layouts
 
@@ -83,8 +84,10 @@ def test_write_evaluation_outputs(tmp_path):
     assert protocol.read_metrics(tmp_path / "out") == document["metrics"]
     with open(paths["predictions"]) as f:
         rows = list(csv.DictReader(f))
-    assert [r["name"] for r in rows] == [f"img{i}.png" for i in range(8)]
-    assert float(rows[3]["prediction"]) == pytest.approx(result.predictions.predictions[3])
+    assert list(rows[0]) == list(rows_lib.LABELLED_COLUMNS)
+    assert [r["path"] for r in rows] == [f"img{i}.png" for i in range(8)]
+    assert float(rows[3]["raw"]) == pytest.approx(result.predictions.predictions[3], rel=1e-5)
+    assert float(rows[3]["mos"]) == pytest.approx(result.predictions.mos[3], rel=1e-5)
     assert paths["scatter"].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -187,7 +190,12 @@ def test_evaluate_launcher_with_a_stand_in_scorer(tmp_path):
         import sys, types
         sys.path.insert(0, {str(REPO)!r})
         stand_in = types.ModuleType("dpiqa_jax.scorer")
-        stand_in.load_predict_fn = lambda checkpoint_dir: (lambda x: x.mean(axis=(1, 2, 3)))
+        def load_predict_fn(checkpoint):
+            def predict(x):
+                return x.mean(axis=(1, 2, 3))
+            predict.input_size, predict.mos_scale = 8, 100.0
+            return predict
+        stand_in.load_predict_fn = load_predict_fn
         sys.modules["dpiqa_jax.scorer"] = stand_in
         from absl import app
         from launch import evaluate

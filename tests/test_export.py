@@ -80,7 +80,7 @@ def test_params_safetensors_round_trip(kind, student_dir, teacher_dir, tmp_path)
     path = str(tmp_path / "model.safetensors")
     original = bundle.load_bundle(directory)
     export.write_params_safetensors(original, path)
-    loaded = export.read_params_safetensors(path)
+    loaded = bundle.load_params_safetensors(path)
     assert loaded.kind == kind and loaded.model_config == original.model_config
     assert loaded.metadata == original.metadata
     flat, expected = (bundle.flatten_variables(b.variables) for b in (loaded, original))
@@ -137,7 +137,7 @@ def test_teacher_without_extras_needs_omit_unused(converted_teacher, tmp_path):
     source, directory = converted_teacher
     path = str(tmp_path / "t.safetensors")
     export.write_params_safetensors(bundle.load_bundle(directory), path)
-    params_only = export.read_params_safetensors(path)  # layout recorded, extras gone
+    params_only = bundle.load_params_safetensors(path)  # layout recorded, extras gone
     with pytest.raises(StateDictMismatchError, match="omit_unused"):
         export.official_state_dict(params_only)
     state = export.official_state_dict(params_only, omit_unused=True)
@@ -216,9 +216,12 @@ def test_teacher_jax_export_matches_the_scorer(teacher_dir, tmp_path):
     batch = np.stack([model.prepare(image) for image in images(2)])
     score, quality_map = exported.call(batch)
     expected = model.predict(images(2), return_maps=True)
-    # The teacher's random activations reach ~1e2: relative float32 rounding, a bit looser.
+    # The teacher's random activations reach ~1e2: relative float32 rounding, a bit looser. The
+    # program runs both images as one batch, the scorer one image at a time: other reduction
+    # orders, which the random tiny teacher amplifies; measured on a 2-core x86 CPU: max
+    # |difference| 1.4e-3 on map values up to ~8 (one element of 512), hence 5e-3.
     np.testing.assert_allclose(score, expected.score, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(quality_map, expected.quality_map, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(quality_map, expected.quality_map, rtol=1e-4, atol=5e-3)
 
 
 def test_jax_export_refuses_programs_over_the_size_limit(student_dir, tmp_path, monkeypatch):
@@ -242,7 +245,7 @@ def test_cli_exports_each_format(student_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--format", "onnx"], 2, "flags parsing error"),
+    (["--format", "tflite"], 2, "flag --format=tflite"),
     (["--checkpoint", "/nonexistent", "--format", "official"], 2, "cannot load --checkpoint"),
     (["--format", "official", "stray"], 2, "unexpected arguments"),
 ])

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpiqa_jax import heatmap, scorer
+from dpiqa_jax import heatmap, score_files, scorer
+from dpiqa_jax.eval import rows as rows_lib
 from test_scorer import (IMAGE_SIZE, MAP_SIZE, bad_input_files, random_image, run_module,  # noqa: F401
                          save_image, student, student_dir)
 
@@ -52,7 +53,7 @@ def run_score(*args, cache_dir=None):
 
 def test_folders_recurse_sorted_with_image_extensions_only(tmp_path):
     a, b, c = _tree(tmp_path)
-    paths, failed = scorer.expand_inputs([str(tmp_path)])
+    paths, failed = score_files.expand_inputs([str(tmp_path)])
     assert paths == [a, b, c] and failed == []
 
 
@@ -60,7 +61,7 @@ def test_globs_lists_and_plain_paths_expand_in_order_each_path_once(tmp_path):
     a, b, c = _tree(tmp_path)
     listing = tmp_path / "sub" / "list.txt"
     listing.write_text("# comment\n\ndeeper/c.png\n" + a + "\n")
-    paths, failed = scorer.expand_inputs(
+    paths, failed = score_files.expand_inputs(
         [str(tmp_path / "**" / "*.png"), "@" + str(listing), b, str(tmp_path / "missing.png")])
     assert paths == [a, c, b, str(tmp_path / "missing.png")]
     assert failed == []
@@ -68,7 +69,7 @@ def test_globs_lists_and_plain_paths_expand_in_order_each_path_once(tmp_path):
 
 def test_what_expands_to_nothing_is_reported(tmp_path):
     _tree(tmp_path)
-    paths, failed = scorer.expand_inputs(
+    paths, failed = score_files.expand_inputs(
         [str(tmp_path / "empty"), str(tmp_path / "*.webp"), "@" + str(tmp_path / "nolist.txt")])
     assert paths == []
     reasons = {result.path: result.error for result in failed}
@@ -82,19 +83,19 @@ def test_a_directory_in_a_list_is_an_input_error(student, tmp_path):
     _tree(tmp_path)
     listing = tmp_path / "list.txt"
     listing.write_text("sub\n")
-    paths, _ = scorer.expand_inputs(["@" + str(listing)])
+    paths, _ = score_files.expand_inputs(["@" + str(listing)])
     (result,) = student.score_files(paths)
     assert "is a directory, expected an image file" in result.error
 
 
 def test_map_stems_disambiguate_collisions_by_path_alone():
     paths = ["x/a.jpg", "y/a.png", "z/b.png"]
-    stems = scorer.map_stems(paths)
+    stems = score_files.map_stems(paths)
     assert stems["z/b.png"] == "b"
     assert stems["x/a.jpg"] != stems["y/a.png"]
     assert stems["x/a.jpg"].startswith("a-") and len(stems["x/a.jpg"]) == len("a-") + 8
-    assert scorer.map_stems(paths[::-1]) == stems
-    assert scorer.map_stems(["x/a.jpg", "y/a.png", "w/a.gif"])["x/a.jpg"] == stems["x/a.jpg"]
+    assert score_files.map_stems(paths[::-1]) == stems
+    assert score_files.map_stems(["x/a.jpg", "y/a.png", "w/a.gif"])["x/a.jpg"] == stems["x/a.jpg"]
 
 
 # --------------------------------------------------------------------------- writing
@@ -108,7 +109,7 @@ def test_csv_rows_in_order_with_errors_and_maps(student, tmp_path):
     broken = bad_input_files(tmp_path)["truncated"][0]
     maps_dir = tmp_path / "maps"
     stream = io.StringIO()
-    summary = scorer.score_to_output(student, [first, broken, second], stream, "csv",
+    summary = score_files.score_to_output(student, [first, broken, second], stream, "csv",
                                      maps_dir=str(maps_dir))
     rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
     assert list(rows[0]) == list(scorer.RESULT_COLUMNS)
@@ -116,17 +117,20 @@ def test_csv_rows_in_order_with_errors_and_maps(student, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert rows[1]["score"] == "" and "cannot decode" in rows[1]["error"]
     assert summary.scored == 2 and summary.failed == 1
+    # The tiny random model scores below 0, outside its recorded range [0, 100]: kept, counted.
+    assert all(float(rows[i]["score"]) < 0 for i in (0, 2)) and summary.out_of_range == 2
     expected = student.predict([random_image(0), random_image(1)], return_maps=True)
-    # The same batch composition as the API call: the very same numbers.
-    np.testing.assert_array_equal([float(rows[0]["score"]), float(rows[2]["score"])],
-                                  expected.score)
-    np.testing.assert_array_equal(float(rows[0]["raw"]), expected.raw[0])
-    stems = scorer.map_stems([first, broken, second])
+    # Written with 6 significant digits: exactly the API's numbers so formatted.
+    assert [rows[0]["score"], rows[2]["score"]] == [f"{v:.6g}" for v in expected.score]
+    assert rows[0]["raw"] == f"{expected.raw[0]:.6g}"
+    stems = score_files.map_stems([first, broken, second])
+    assert [r["map_path"] for r in rows] == [str(maps_dir / (stems[first] + ".npy")), "",
+                                             str(maps_dir / (stems[second] + ".npy"))]
     for index, path in ((0, first), (1, second)):
         saved = np.load(maps_dir / (stems[path] + ".npy"))
-        assert saved.dtype == np.float32 and saved.shape == (8, MAP_SIZE, MAP_SIZE)
-        np.testing.assert_allclose(saved, expected.quality_map[index].transpose(2, 0, 1),
-                                   rtol=1e-6)
+        # Channel-last, as the API returns it: the very same array.
+        assert saved.dtype == np.float32 and saved.shape == (MAP_SIZE, MAP_SIZE, 8)
+        np.testing.assert_array_equal(saved, expected.quality_map[index])
         with Image.open(maps_dir / (stems[path] + ".png")) as png:
             assert png.size == (IMAGE_SIZE, IMAGE_SIZE) and png.mode == "RGB"
     assert sorted(os.listdir(maps_dir)) == sorted(
@@ -137,11 +141,11 @@ def test_json_output_lists_the_same_rows(student, tmp_path):
     path = save_image(tmp_path / "a.png", random_image(0))
     failed = [scorer.FileResult(path="@gone.txt", error="@gone.txt: cannot read the list file")]
     stream = io.StringIO()
-    scorer.score_to_output(student, [path], stream, "json", failed_inputs=failed)
+    score_files.score_to_output(student, [path], stream, "json", failed_inputs=failed)
     rows = json.loads(stream.getvalue())
     assert [r["status"] for r in rows] == ["error", "ok"]
     assert set(rows[1]) == set(scorer.RESULT_COLUMNS) and rows[1]["error"] is None
-    assert rows[1]["score"] == pytest.approx(float(student.score(path)[0]), rel=1e-6)
+    assert rows[1]["score"] == float(f"{student.score(path)[0]:.6g}")
 
 
 def test_heatmap_colours_follow_the_channel_mean():
@@ -161,10 +165,10 @@ def test_heatmap_colours_follow_the_channel_mean():
 
 
 def test_output_format_follows_the_extension_unless_given():
-    assert scorer.output_format("s.json", None) == "json"
-    assert scorer.output_format("s.csv", None) == "csv"
-    assert scorer.output_format(None, None) == "csv"
-    assert scorer.output_format("s.json", "csv") == "csv"
+    assert rows_lib.output_format("s.json", None) == "json"
+    assert rows_lib.output_format("s.csv", None) == "csv"
+    assert rows_lib.output_format(None, None) == "csv"
+    assert rows_lib.output_format("s.json", "csv") == "csv"
 
 
 # --------------------------------------------------------------------------- the command
@@ -174,8 +178,8 @@ def test_output_format_follows_the_extension_unless_given():
     ([], "no inputs"),
     (["--output", "/nonexistent/dir/s.csv", "a.png"], "directory does not exist"),
     (["--checkpoint", "/nonexistent/model", "a.png"], "cannot load --checkpoint"),
-    (["--batch_size=0", "a.png"], "flags parsing error"),
-    (["--format", "xml", "a.png"], "flags parsing error"),
+    (["--batch_size=0", "a.png"], "flag --batch_size=0"),
+    (["--format", "xml", "a.png"], "flag --format=xml"),
 ])
 def test_usage_errors_exit_2(student_dir, args, message):
     if "--checkpoint" not in args:
@@ -205,6 +209,8 @@ def test_cli_scores_folders_globs_lists_reports_failures_and_repeats_exactly(stu
                       "@" + str(listing), cache_dir=cache)
     assert mixed.returncode == 1, mixed.stderr
     assert "scored 3 of 5 inputs; 2 failed" in mixed.stderr and "notes.jpg" in mixed.stderr
+    assert mixed.stderr.count("warning: 3 of 3 scores fall outside the model's score range "
+                              "[0, 100] (kept as computed)") == 1
     rows = _read_csv(out_csv)
     assert [r["path"] for r in rows] == [b, c, a, bad["not_an_image"][0], bad["truncated"][0]]
     assert [r["status"] for r in rows] == ["ok"] * 3 + ["error"] * 2
@@ -217,4 +223,4 @@ def test_cli_scores_folders_globs_lists_reports_failures_and_repeats_exactly(stu
     assert clean.returncode == 0, clean.stderr
     again = {r["path"]: r for r in _read_json(out_json)}
     for row in rows[:3]:
-        assert repr(again[row["path"]]["score"]) == row["score"]
+        assert again[row["path"]]["score"] == float(row["score"])

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpiqa_jax import bundle, scorer
+from dpiqa_jax import bundle, inference, scorer
 from dpiqa_jax.models.adapters import ImageAdapterConfig
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
@@ -384,9 +384,9 @@ def test_a_bundle_without_mos_scale_needs_one(tmp_path):
 def test_workdir_resolves_to_best_model(tmp_path, student_dir):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    os.symlink(student_dir, workdir / scorer.BEST_MODEL_SUBDIR)
+    os.symlink(student_dir, workdir / inference.BEST_MODEL_SUBDIR)
     model_bundle, resolved = scorer.resolve_model(str(workdir))
-    assert resolved.endswith(scorer.BEST_MODEL_SUBDIR) and model_bundle.kind == "student"
+    assert resolved.endswith(inference.BEST_MODEL_SUBDIR) and model_bundle.kind == "student"
     with pytest.raises(FileNotFoundError, match="neither a model bundle"):
         scorer.resolve_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="model not found"):
@@ -434,3 +434,65 @@ def test_teacher_posterior_sample_is_fixed_per_image(teacher_dir):
     other_seed = scorer.Scorer.load(teacher_dir, batch_size=2, latent="sample", seed=8)
     assert not np.allclose(other_seed.score(images), first, rtol=1e-3)
 
+
+
+# --------------------------------------------------------------------------- buckets, batches
+
+
+def test_padding_goes_to_the_next_bucket_only():
+    assert inference.bucket_sizes(8) == (1, 2, 4, 8)
+    assert inference.bucket_sizes(6) == (1, 2, 4, 6)
+    assert [inference.bucket_size(n, 8) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    with pytest.raises(ValueError, match="1 to 8 images"):
+        inference.bucket_size(9, 8)
+
+
+@pytest.mark.parametrize("kind", ["student", "teacher"])
+def test_scores_are_bit_identical_whatever_the_batch_neighbours(kind, student_dir, teacher_dir):
+    """Every bucket (1, 2, 4) and position, another batch_size: the very same bits per image."""
+    directory = student_dir if kind == "student" else teacher_dir
+    model = scorer.Scorer.load(directory, batch_size=4)
+    images = [random_image(i) for i in range(4)]
+    alone = np.concatenate([model.score(image) for image in images])
+    np.testing.assert_array_equal(model.score(images), alone)           # bucket 4
+    np.testing.assert_array_equal(model.score(images[1:]), alone[1:])   # 3 images -> bucket 4
+    np.testing.assert_array_equal(model.score(images[2:0:-1]), alone[2:0:-1])  # bucket 2
+    larger = scorer.Scorer.load(directory, batch_size=8)
+    np.testing.assert_array_equal(larger.score(images[::-1]), alone[::-1])
+
+
+def test_a_batch_array_is_scored_as_its_images(student):
+    images = np.stack([random_image(i) for i in range(3)])
+    np.testing.assert_array_equal(student.score(images),
+                                  student.score([images[0], images[1], images[2]]))
+    floats = images.astype(np.float32) / 255.0
+    with pytest.raises(scorer.InputError, match=r"^input 1 \(ndarray\): float image values"):
+        student.score(np.stack([floats[0], floats[1] * 2.0]))
+
+
+def test_messages_name_inputs_as_given_never_a_stream(student, tmp_path):
+    path = str(tmp_path / "notes.jpg")
+    with open(path, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(scorer.InputError) as caught:
+        student.score(path)
+    assert str(caught.value) == (f"{path}: cannot decode image (UnidentifiedImageError: cannot "
+                                 f"identify image file {path})")
+    with pytest.raises(scorer.InputError, match=r"^missing\.png: no such file$"):
+        student.score("missing.png")
+
+
+def test_non_finite_scores_are_errors_not_numbers(tmp_path):
+    variables = student_variables()
+    head = bundle.flatten_variables(variables)
+    head["params/fc3/bias"] = np.full_like(head["params/fc3/bias"], np.nan)
+    broken = bundle.Bundle("student", dataclasses.asdict(STUDENT_CONFIG),
+                           bundle.unflatten_variables(head), metadata=default_metadata())
+    model = scorer.Scorer(broken, batch_size=2)
+    with pytest.raises(scorer.NonFiniteScoreError, match="input 0 .*not finite"):
+        model.score(random_image(0))
+    path = save_image(tmp_path / "a.png", random_image(0))
+    (result,) = model.score_files([path])
+    assert result.status == "error" and result.score is None
+    assert result.error == f"{path}: the model's score is not finite (nan); the model or its " \
+                           f"weights are broken"

@@ -119,7 +119,7 @@ def test_read_safetensors_handles_bf16_and_names_truncated_files(tmp_path):
     np.testing.assert_array_equal(loaded["b"], f32)
     bad = tmp_path / "bad.safetensors"
     _write_safetensors(bad, {"a": ("BF16", bf16), "b": ("F32", f32)}, truncate=5)
-    with pytest.raises(ValueError, match="bad.safetensors: truncated"):
+    with pytest.raises(ValueError, match="bad.safetensors: not a readable safetensors file: truncated"):
         torch_layout.read_state_dict_file(bad)
 
 

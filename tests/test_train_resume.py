@@ -1,19 +1,27 @@
 """A training run killed (SIGKILL) after a checkpoint resumes from it and ends with exactly the
-state (parameters, Adam moments, BatchNorm statistics, step) of an uninterrupted run.
+state (parameters, Adam moments, BatchNorm statistics, step) of an uninterrupted run, with every
+logged step once in metrics.jsonl; a resume with a config that changes the run is refused.
 
 The tiny student is used: its update has the most state to get right on resume (BatchNorm
 statistics, stochastic-depth randomness, the data position, teacher maps). Each run is a child
 process (this file run as a script), so the kill is a real one.
 """
 
+import json
 import os
 import subprocess
 import sys
 import time
 
+import grain
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from configs import teacher
+from dpiqa_jax.train import checkpoint, run, workdir
+from dpiqa_jax.train.state import create_train_state
 from test_train_multidevice import REPO, child_environment
 
 TOTAL_STEPS = 6
@@ -63,8 +71,38 @@ def test_killed_run_resumes_to_the_identical_state(tmp_path):
     assert int(resumed["step"]) == TOTAL_STEPS
     for name, value in straight.items():
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)  # bit-identical
-    log = (interrupted / "metrics.jsonl").read_text()
-    assert '"step": 6' in log
+    records = [json.loads(line) for line in
+               (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert max(record["step"] for record in records) == TOTAL_STEPS
+    # A step may have a training line and a validation line, but never the same kind twice.
+    kinds = [(record["step"], tuple(sorted(record))) for record in records]
+    assert len(kinds) == len(set(kinds)), kinds
+
+
+def _save_tiny_checkpoint(workdir, config) -> None:
+    """One checkpoint of a two-parameter state saved with `config` (no model is built)."""
+    state = create_train_state({"w": jnp.zeros(2)}, {}, optax.sgd(0.1))
+    iterator = iter(grain.MapDataset.range(4).to_iter_dataset())
+    saver = checkpoint.Checkpointer(str(workdir), keep=1)
+    saver.save(1, state, iterator, run.config_json(config))
+    saver.wait()
+    saver.close()
+
+
+def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
+    saved = teacher.get_config("tiny")
+    _save_tiny_checkpoint(tmp_path, saved)
+    changed = teacher.get_config("tiny")
+    changed.optimizer.learning_rate = 0.5
+    changed.seed = 3
+    changed.log_every_steps = 1  # run-neutral: not listed
+    with pytest.raises(workdir.RunSettingsError,
+                       match=r"differing fields: optimizer\.learning_rate, seed\. "):
+        run.open_checkpoints(changed, str(tmp_path))
+    run.open_checkpoints(changed, str(tmp_path), allow_config_change=True).close()
+    same_run = teacher.get_config("tiny")
+    same_run.total_steps = 12  # a longer run of the same config
+    run.open_checkpoints(same_run, str(tmp_path)).close()
 
 
 # --------------------------------------------------------------------------- child process

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import struct
@@ -20,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from dpiqa_jax.convert import torch_pickle
+from dpiqa_jax.convert.torch_pickle import CheckpointError
 
 Array = np.ndarray
 FlatPath = tuple[str, ...]
@@ -30,6 +32,8 @@ _SAFETENSORS_DTYPES = {
     "BOOL": np.bool_,
 }
 _LIST_SHOWN = 20
+# The safetensors library's own limit on the JSON header.
+_SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
 
 
 class StateDictMismatchError(ValueError):
@@ -58,34 +62,107 @@ def flax_path_for_torch_key(key: str) -> FlatPath:
 # --------------------------------------------------------------------------- reading files
 
 
+def _safetensors_error(path: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable safetensors file: {what}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a repeated key would let one tensor entry hide another."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the header names {key!r} twice")
+        result[key] = value
+    return result
+
+
+def _read_safetensors_header(path: str, size: int) -> tuple[dict[str, Any], int]:
+    """(the header's tensor entries, where the data region starts), the header length checked."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            raise _safetensors_error(path, f"{size} bytes, shorter than the 8-byte header length")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(size - 8, _SAFETENSORS_MAX_HEADER_BYTES):
+            raise _safetensors_error(
+                path, f"header length {header_len} exceeds the file size {size} or the format's "
+                      f"{_SAFETENSORS_MAX_HEADER_BYTES}")
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise _safetensors_error(path, f"malformed header ({err})") from None
+    if not isinstance(header, dict):
+        raise _safetensors_error(path, f"the header is a {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+            isinstance(v, str) for v in metadata.values()):
+        raise _safetensors_error(path, "__metadata__ is not a map of strings")
+    return header, 8 + header_len
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_entry(path: str, name: str, info: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each field's type and the byte length
+    (elements x item size = end - begin) checked."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise _safetensors_error(path, f"tensor {name!r}: the entry is not {{dtype, shape, "
+                                       f"data_offsets}}")
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is None:
+        raise _safetensors_error(path, f"tensor {name!r} has unsupported dtype {info['dtype']!r}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise _safetensors_error(path, f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
+            or offsets[0] > offsets[1]):
+        raise _safetensors_error(path, f"tensor {name!r}: data_offsets {offsets!r} are not "
+                                       f"[begin, end] with 0 <= begin <= end")
+    begin, end = offsets
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes != end - begin:
+        raise _safetensors_error(path, f"tensor {name!r}: shape {shape} x {info['dtype']} is "
+                                       f"{nbytes} bytes, data_offsets span {end - begin}")
+    return np.dtype(dtype), tuple(shape), begin, end
+
+
+def _check_data_layout(path: str, spans: list[tuple[int, int, str]], data_len: int) -> None:
+    """The tensors' byte ranges, in offset order, must tile the data region exactly: no gap, no
+    overlap, nothing outside it (so no byte is read twice or as two tensors)."""
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            problem = "overlaps the tensor before it" if begin < position else "leaves a gap"
+            raise _safetensors_error(path, f"tensor {name!r} starts at data byte {begin}, "
+                                           f"expected {position}: it {problem}")
+        position = end
+    if position != data_len:
+        what = "truncated file" if position > data_len else "bytes after the last tensor"
+        raise _safetensors_error(path, f"{what}: the tensors cover {position} data bytes, the "
+                                       f"file holds {data_len}")
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, Array]:
-    """Reads a .safetensors file memory-mapped, without torch (bf16 through ml_dtypes)."""
+    """Reads a .safetensors file memory-mapped, without torch (bf16 through ml_dtypes).
+
+    Strict as the format's specification: a well-formed header, every entry's shape x dtype equal
+    to its byte range, the ranges tiling the data region in offset order.
+
+    Raises:
+      CheckpointError: naming the file and what is wrong.
+    """
     path = os.fspath(path)
     size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > size - 8:
-                raise ValueError(f"header length {header_len} exceeds the file size {size}")
-            header = json.loads(f.read(header_len))
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    header.pop("__metadata__", None)
-    data_start = 8 + header_len
+    header, data_start = _read_safetensors_header(path, size)
+    entries = {name: _tensor_entry(path, name, info) for name, info in header.items()}
+    _check_data_layout(path, [(b, e, n) for n, (_, _, b, e) in entries.items()],
+                       size - data_start)
     raw = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
-    tensors = {}
-    for name, info in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        if data_start + end > size:
-            raise ValueError(
-                f"{path}: truncated file: tensor {name!r} ends at byte {data_start + end}, "
-                f"file has {size} bytes")
-        buf = raw[data_start + begin:data_start + end]
-        tensors[name] = buf.view(dtype).reshape(info["shape"])
-    return tensors
+    return {name: raw[data_start + begin:data_start + end].view(dtype).reshape(shape)
+            for name, (dtype, shape, begin, end) in entries.items()}
 
 
 def read_torch_file(path: str | os.PathLike) -> dict[str, Array]:
@@ -95,10 +172,13 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, Array]:
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    not_named = [k for k in obj if not isinstance(k, str)]
+    if not_named:
+        raise CheckpointError(f"{path}: state dict keys that are not strings: {not_named[:5]}")
     non_tensors = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
     if non_tensors:
-        raise ValueError(f"{path}: entries that are not tensors: {non_tensors[:5]}")
+        raise CheckpointError(f"{path}: entries that are not tensors: {non_tensors[:5]}")
     return dict(obj)
 
 

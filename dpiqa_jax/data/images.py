@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 from typing import Literal, Union
 
 import numpy as np
@@ -46,6 +47,16 @@ _GREY_MODES = ("1", "L")
 _ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
 _PIL_CONVERTIBLE_MODES = ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+# How PIL names the stream it read in its messages ("cannot identify image file <_io.BytesIO object
+# at 0x7f...>"): meaningless to a user, so it is replaced by the input's name.
+_STREAM_REPR = re.compile(r"<_io\.\w+ (?:object at 0x[0-9a-fA-F]+|name=[^>]*)>")
+
+
+def without_stream_repr(message: str, label: str) -> str:
+    """`message` with Python stream reprs replaced by `label` (how the user named the input)."""
+    return _STREAM_REPR.sub(lambda _: label, message)
 
 
 class ImageDecodeError(ValueError):
@@ -123,7 +134,8 @@ def load_rgb(source: ImageSource, *, name: str | None = None,
         if isinstance(e, ImageDecodeError):
             raise
         # PIL's messages do not say which file failed; ours must.
-        raise ImageDecodeError(f"{label}: cannot decode image ({type(e).__name__}: {e})") from e
+        raise ImageDecodeError(f"{label}: cannot decode image ({type(e).__name__}: "
+                               f"{without_stream_repr(str(e), label)})") from e
     return to_rgb(oriented, name=label)
 
 

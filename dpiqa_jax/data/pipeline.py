@@ -1,9 +1,10 @@
 """Grain input pipelines: shuffled augmented training batches and padded evaluation batches.
 
 Training (`train_dataset` / `train_iterator`): every process builds the same globally shuffled
-stream (one seed; each epoch reshuffled), decodes and augments element i with an RNG derived
-from (seed, i), and keeps every process_count-th element starting at process_index. The order is
-a pure function of the seed, so `iterator.get_state()` / `set_state()` resume exactly.
+stream (one seed; each epoch reshuffled and padded with masked images to ceil(N / B) global
+batches), decodes and augments element i with an RNG derived from (seed, i), and keeps every
+process_count-th element starting at process_index. The order is a pure function of the seed, so
+`iterator.get_state()` / `set_state()` resume exactly.
 
 Evaluation (`eval_dataset`): the source in order, padded to a whole number of global batches;
 `mask` marks real images and `index` their position in the source (-1 for padding), so every
@@ -12,8 +13,8 @@ image counts exactly once however many processes share the work.
 Batches are dicts of NumPy arrays, per process:
   image           float32 [B, H, W, 3]
   mos_normalized  float32 [B]
+  mask            bool    [B]   (False: padding)
   index           int32   [B]   (evaluation only)
-  mask            bool    [B]   (evaluation only)
 `make_global_batch` turns process-local batches into global `jax.Array`s on a mesh.
 """
 
@@ -103,27 +104,47 @@ def _read_options(config: PipelineConfig) -> grain.ReadOptions:
                              prefetch_buffer_size=config.prefetch_images)
 
 
+def steps_per_epoch(num_items: int, global_batch: int) -> int:
+    """Batches in one pass over `num_items` images, the last partial one kept: ceil(N / B)."""
+    if num_items <= 0 or global_batch <= 0:
+        raise ValueError(f"steps_per_epoch: need positive sizes, got {num_items} images and a "
+                         f"global batch of {global_batch}")
+    return math.ceil(num_items / global_batch)
+
+
+def _padding_example(image_config: images.ImageConfig) -> dict[str, Any]:
+    return {"image": np.zeros(image_config.size + (3,), np.float32),
+            "mos_normalized": np.float32(0.0)}
+
+
 def train_dataset(source: IqaSource, config: PipelineConfig, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
     """Shuffled, augmented, batched training data of this process (see module docstring).
 
-    With a finite `num_epochs` the global stream is cut to a whole number of global batches so
-    every process yields the same number of batches (at most process_count * batch_size - 1
-    images of the last epoch are dropped).
+    An epoch is ceil(N / global batch) batches, as a torch DataLoader that keeps its last
+    partial batch: the shuffled epoch is followed by zero images with `mask` False up to a whole
+    global batch, and the losses average over the real images only. Every epoch is reshuffled.
     """
     _check_process(process_index, process_count)
-    if len(source) == 0:
+    num_items = len(source)
+    if num_items == 0:
         raise ValueError("train_dataset: the source is empty")
-    stream = grain.MapDataset.source(source).shuffle(seed=config.seed)
-    stream = stream.repeat(config.num_epochs)
-    stream = stream.random_map(lambda record, rng: _augmented_example(record, rng, config),
-                               seed=config.seed)
-    if config.num_epochs is not None:
-        global_batch = config.batch_size * process_count
-        if len(stream) < global_batch:
-            raise ValueError(f"train_dataset: {len(stream)} images in {config.num_epochs} "
-                             f"epoch(s) do not fill one global batch of {global_batch}")
-        stream = stream[:len(stream) // global_batch * global_batch]
+    global_batch = config.batch_size * process_count
+    padded_epoch = steps_per_epoch(num_items, global_batch) * global_batch
+    shuffled = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(None)
+    positions = grain.MapDataset.range(padded_epoch).repeat(config.num_epochs)
+    # Position q of the stream is place r = q mod padded_epoch of epoch q // padded_epoch; the
+    # real places read that epoch's shuffled order, the rest are padding (-1).
+    indices = positions.map_with_index(
+        lambda q, r: (q // padded_epoch) * num_items + r if r < num_items else -1)
+    padding = {**_padding_example(config.image), "mask": False}
+
+    def example(index: int, rng: np.random.Generator) -> dict[str, Any]:
+        if index < 0:
+            return padding
+        return {**_augmented_example(shuffled[index], rng, config), "mask": True}
+
+    stream = indices.random_map(example, seed=config.seed)
     local = stream[process_index::process_count]
     return local.to_iter_dataset(_read_options(config)).batch(config.batch_size,
                                                               drop_remainder=True)
@@ -154,8 +175,7 @@ def eval_dataset(source: IqaSource, batch_size: int, image_config: images.ImageC
     per_process = total // process_count
     positions = grain.MapDataset.range(total)[process_index * per_process:
                                               (process_index + 1) * per_process]
-    padding = {"image": np.zeros(image_config.size + (3,), np.float32),
-               "mos_normalized": np.float32(0.0), "index": np.int32(-1), "mask": False}
+    padding = {**_padding_example(image_config), "index": np.int32(-1), "mask": False}
 
     def example(position: int) -> dict[str, Any]:
         if position >= len(source):

@@ -33,6 +33,8 @@ DEFAULT_NUM_SPLITS = 10
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_VAL_FRACTION = 0.1
 GENERATING_COMMAND = "python -m launch.make_splits"
+# The builder of your own folders; each folder (builder config) gets its own split file.
+CUSTOM_DATASET = "iqa_folder"
 KONIQ_OFFICIAL_SIZES = {"train": 7058, "val": 1000, "test": 2015}
 
 
@@ -170,6 +172,18 @@ def official_koniq_split(sets_csv: str | os.PathLike) -> Split:
         raise ValueError(f"{sets_csv}: part sizes {split.sizes()}, the official split has "
                          f"{KONIQ_OFFICIAL_SIZES}")
     return split
+
+
+def split_file_path(root: str | os.PathLike, dataset: str, file_name: str,
+                    variant: str | None = None) -> Path:
+    """ROOT/<dataset>/FILE; your own folders (iqa_folder) ROOT/iqa_folder/<variant>/FILE, so two
+    folders never share a split file."""
+    if dataset == CUSTOM_DATASET:
+        if not variant:
+            raise ValueError(f"{CUSTOM_DATASET} split files are named by the folder's variant; "
+                             "none given")
+        return Path(root) / dataset / variant / file_name
+    return Path(root) / dataset / file_name
 
 
 def write_split_file(path: str | os.PathLike, dataset: str, names: Iterable[str],

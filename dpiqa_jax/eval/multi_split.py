@@ -11,6 +11,11 @@ neither a model nor data:
 
 Layout under workdir: <split>/ (the training run), <split>/test/ (metrics.json, predictions.csv,
 scatter.png), and summary.json + summary.md over the splits.
+
+Under the authors' protocol (`protocol="authors"`) the run itself evaluates the test part every
+epoch and keeps the best test PLCC and SRCC (dpiqa_jax.eval.test_selection); those are what is
+aggregated, not a fresh test evaluation, and every file says they were selected on the test
+part: <split>/selected_on_test.json, summary_selected_on_test.json and .md.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from absl import logging
 from tqdm import tqdm
 
 from dpiqa_jax.data import images, sources
-from dpiqa_jax.eval import aggregate, protocol
+from dpiqa_jax.eval import aggregate, protocol, test_selection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,14 @@ LoadPredictFn = Callable[[str], protocol.PredictFn]
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"
 TEST_DIR = "test"
+PROTOCOLS = ("ours", "authors")
+# The authors' protocol's files: their names say the numbers were selected on the test part.
+SELECTED_SPLIT_FILE = "selected_on_test.json"
+SELECTED_SUMMARY_JSON = "summary_selected_on_test.json"
+SELECTED_SUMMARY_MARKDOWN = "summary_selected_on_test.md"
+SELECTED_NOTE = ("Selected on the test part (the authors' protocol): each value is the best test "
+                 "score over the epochs, PLCC and SRCC each at its own best epoch. Optimistic; "
+                 "not comparable with validation-selected results.")
 
 
 def default_train_fn() -> TrainFn:
@@ -75,41 +88,73 @@ def make_test_evaluator(data_dir: str | os.PathLike, load_predict_fn: LoadPredic
     return evaluate_fn
 
 
+def _check_protocol(name: str) -> str:
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol {name!r}; expected one of {PROTOCOLS}")
+    return name
+
+
+def _split_result(train_fn: TrainFn, evaluate_fn: EvaluateFn, config: Any, split: SplitRef,
+                  run_dir: Path, skip_finished: bool, protocol_name: str) -> dict[str, float]:
+    """One split's numbers: a fresh test evaluation of the trained model (ours), or the run's
+    best test values (the authors')."""
+    done = (run_dir / SELECTED_SPLIT_FILE if protocol_name == "authors"
+            else run_dir / TEST_DIR / protocol.METRICS_FILE)
+    if skip_finished and done.is_file():
+        logging.info("%s: reusing finished results in %s", split.split, done)
+        if protocol_name == "authors":
+            return test_selection.read_reported(run_dir)
+        return protocol.read_metrics(done.parent)
+    checkpoint_dir = train_fn(config, split, run_dir)
+    if protocol_name == "ours":
+        return dict(evaluate_fn(checkpoint_dir, split, run_dir / TEST_DIR))
+    reported = test_selection.read_reported(run_dir)
+    done.write_text(json.dumps({"selected_on_test": True, **reported}, indent=2) + "\n")
+    return reported
+
+
 def run_over_splits(train_fn: TrainFn, evaluate_fn: EvaluateFn, config: Any, dataset: str,
                     split_file: str | os.PathLike, split_keys: Sequence[str],
-                    workdir: str | os.PathLike,
-                    skip_finished: bool = True) -> dict[str, dict[str, float]]:
+                    workdir: str | os.PathLike, skip_finished: bool = True,
+                    protocol_name: str = "ours") -> dict[str, dict[str, float]]:
     """Trains and tests once per split key, then writes and returns the summary.
 
     Args:
-      skip_finished: reuse <split>/test/metrics.json of splits already done (logged), so an
-        interrupted sweep resumes.
+      skip_finished: reuse the results of splits already done (logged), so an interrupted sweep
+        resumes.
+      protocol_name: 'ours' or 'authors' (the module docstring), as the config's `protocol`.
 
     Returns:
       {metric: {"median", "mean", "std", "n"}} over the splits.
     """
+    _check_protocol(protocol_name)
     workdir = Path(workdir)
     per_split = {}
     for key in tqdm(split_keys, desc=f"{dataset} splits"):
         split = SplitRef(dataset=dataset, split_file=os.fspath(split_file), split=key)
-        test_dir = workdir / key / TEST_DIR
-        if skip_finished and (test_dir / protocol.METRICS_FILE).is_file():
-            logging.info("%s: reusing finished results in %s", key, test_dir)
-            per_split[key] = protocol.read_metrics(test_dir)
-            continue
-        checkpoint_dir = train_fn(config, split, workdir / key)
-        per_split[key] = dict(evaluate_fn(checkpoint_dir, split, test_dir))
-    return write_summary(per_split, workdir, title=f"{dataset}: {len(per_split)} split(s)")
+        per_split[key] = _split_result(train_fn, evaluate_fn, config, split, workdir / key,
+                                       skip_finished, protocol_name)
+    return write_summary(per_split, workdir, title=f"{dataset}: {len(per_split)} split(s)",
+                         protocol_name=protocol_name)
 
 
 def write_summary(per_split: Mapping[str, Mapping[str, float]], workdir: str | os.PathLike,
-                  title: str = "") -> dict[str, dict[str, float]]:
-    """Writes summary.json (per-split metrics and their statistics) and summary.md."""
-    summary = aggregate.aggregate_metrics(per_split)
+                  title: str = "", protocol_name: str = "ours") -> dict[str, dict[str, float]]:
+    """Writes summary.json (per-split metrics and their statistics) and summary.md; under the
+    authors' protocol summary_selected_on_test.json / .md of their two reported metrics."""
+    selected = _check_protocol(protocol_name) == "authors"
+    names = test_selection.REPORTED_METRICS if selected else aggregate.METRIC_NAMES
+    summary = aggregate.aggregate_metrics(per_split, names)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / SUMMARY_JSON).write_text(
-        json.dumps({"summary": summary, "per_split": per_split}, indent=2) + "\n")
-    (workdir / SUMMARY_MARKDOWN).write_text(
-        aggregate.summary_markdown(summary, title) + "\n" + aggregate.per_split_markdown(per_split))
+    document = {"protocol": protocol_name, "selected_on_test": selected, "summary": summary,
+                "per_split": per_split}
+    markdown = (aggregate.summary_markdown(summary, title) + "\n"
+                + aggregate.per_split_markdown(per_split, names))
+    if selected:
+        markdown = SELECTED_NOTE + "\n\n" + markdown
+    json_name, markdown_name = ((SELECTED_SUMMARY_JSON, SELECTED_SUMMARY_MARKDOWN) if selected
+                                else (SUMMARY_JSON, SUMMARY_MARKDOWN))
+    (workdir / json_name).write_text(json.dumps(document, indent=2) + "\n")
+    (workdir / markdown_name).write_text(markdown)
     return summary

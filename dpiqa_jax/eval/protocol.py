@@ -6,13 +6,15 @@ The model enters as a callable, so this module does not depend on how checkpoint
 
 `evaluate(predict_fn, source, ...)` runs it over padded evaluation batches (each image counted
 once, also across processes), computes the metrics against `mos_normalized`, and
-`write_evaluation` stores metrics.json, predictions.csv and scatter.png.
+`write_evaluation` stores metrics.json, predictions.csv and scatter.png. predictions.csv has the
+columns of `launch.score`'s output plus `mos` (`dpiqa_jax.eval.rows.LABELLED_COLUMNS`): `raw` is
+the prediction, `score` = raw x mos_scale and `mos` = mos_normalized x mos_scale, on one scale.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import math
 import json
 import os
 from pathlib import Path
@@ -25,6 +27,7 @@ from dpiqa_jax.data import images, pipeline
 from dpiqa_jax.data.sources import IqaSource
 from dpiqa_jax.eval import metrics as metrics_lib
 from dpiqa_jax.eval import plots
+from dpiqa_jax.eval import rows as rows_lib
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -117,8 +120,12 @@ def evaluate(predict_fn: PredictFn, source: IqaSource, image_config: images.Imag
 
 
 def write_evaluation(result: EvalResult, out_dir: str | os.PathLike, title: str = "",
-                     extra_info: Mapping[str, object] | None = None) -> dict[str, Path]:
-    """Writes metrics.json (metrics + extra_info), predictions.csv and scatter.png."""
+                     extra_info: Mapping[str, object] | None = None,
+                     mos_scale: float = 1.0) -> dict[str, Path]:
+    """Writes metrics.json (metrics + extra_info), predictions.csv and scatter.png.
+
+    `mos_scale` turns predictions and labels into the model's score scale in predictions.csv.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / METRICS_FILE, "predictions": out / PREDICTIONS_FILE,
@@ -126,19 +133,27 @@ def write_evaluation(result: EvalResult, out_dir: str | os.PathLike, title: str 
     logistic = None if result.logistic_params is None else result.logistic_params.tolist()
     document = {"metrics": result.metrics, "logistic_params": logistic, **(extra_info or {})}
     paths["metrics"].write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
-    _write_predictions_csv(result.predictions, paths["predictions"])
+    _write_predictions_csv(result.predictions, paths["predictions"], mos_scale)
     plots.scatter_plot(result.predictions.predictions, result.predictions.mos, result.metrics,
                        result.logistic_params, paths["scatter"], title=title)
     return paths
 
 
-def _write_predictions_csv(predictions: Predictions, path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["name", "prediction", "mos_normalized"])
+def _prediction_row(name: str, prediction: float, mos: float, mos_scale: float) -> dict:
+    finite = math.isfinite(prediction)
+    return {"path": name, "score": prediction * mos_scale if finite else None,
+            "raw": prediction if finite else None, "status": "ok" if finite else "error",
+            "error": None if finite else f"{name}: the model's score is not finite ({prediction})",
+            "map_path": None, "mos": mos * mos_scale}
+
+
+def _write_predictions_csv(predictions: Predictions, path: Path, mos_scale: float) -> None:
+    with rows_lib.open_output(str(path)) as f:
+        writer = rows_lib.RowWriter(f, "csv", rows_lib.LABELLED_COLUMNS)
         for name, prediction, mos in zip(predictions.names, predictions.predictions,
                                          predictions.mos):
-            writer.writerow([name, repr(float(prediction)), repr(float(mos))])
+            writer.write(_prediction_row(name, float(prediction), float(mos), mos_scale))
+        writer.close()
 
 
 def read_metrics(out_dir: str | os.PathLike) -> dict[str, float]:
@@ -148,13 +163,14 @@ def read_metrics(out_dir: str | os.PathLike) -> dict[str, float]:
 
 def evaluate_cross_dataset(predict_fn: PredictFn, sources: Mapping[str, IqaSource],
                            image_config: images.ImageConfig, batch_size: int,
-                           out_dir: str | os.PathLike | None = None,
+                           out_dir: str | os.PathLike | None = None, mos_scale: float = 1.0,
                            **evaluate_kwargs) -> dict[str, dict[str, float]]:
     """One model, several test sets: metrics per dataset name (outputs in out_dir/<name>/)."""
     results = {}
     for name, source in sources.items():
         result = evaluate(predict_fn, source, image_config, batch_size, **evaluate_kwargs)
         if out_dir is not None:
-            write_evaluation(result, Path(out_dir) / name, title=name, extra_info={"dataset": name})
+            write_evaluation(result, Path(out_dir) / name, title=name,
+                             extra_info={"dataset": name}, mos_scale=mos_scale)
         results[name] = result.metrics
     return results

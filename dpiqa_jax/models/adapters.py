@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax.convs import conv2d
+from dpiqa_jax.inits import torch_dense
 
 Dtype = Any
 
@@ -45,9 +46,10 @@ class TextAdapter(nn.Module):
         if embeddings.ndim != 2:
             raise ValueError(f"prompt embeddings must be [K, D], got shape {embeddings.shape}")
         width = embeddings.shape[-1]
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        hidden = dense(self.hidden_dim or width, name="fc_0")(embeddings)
-        delta = dense(width, name="fc_2")(nn.gelu(hidden, approximate=False))
+        dense = functools.partial(torch_dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        hidden_dim = self.hidden_dim or width
+        hidden = dense(hidden_dim, width, name="fc_0")(embeddings)
+        delta = dense(width, hidden_dim, name="fc_2")(nn.gelu(hidden, approximate=False))
         context = embeddings.astype(self.dtype) + gamma.astype(self.dtype) * delta
         return context[None]
 

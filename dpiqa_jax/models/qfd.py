@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dpiqa_jax.convs import conv2d
+from dpiqa_jax.inits import torch_dense
 from dpiqa_jax.models.resize import resize_bicubic_torch
 
 Dtype = Any
@@ -55,11 +56,11 @@ def quality_score_head(quality_map: jax.Array, hidden: int, dtype: Dtype = jnp.f
     `fc2`, `fc3` on the calling module, under the authors' names. The flatten is NHWC; checkpoint
     conversion permutes fc1's rows from the authors' NCHW flatten.
     """
-    dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
+    dense = functools.partial(torch_dense, dtype=dtype, param_dtype=param_dtype)
     flat = quality_map.reshape(quality_map.shape[0], -1)
-    x = nn.relu(dense(hidden, name="fc1")(flat))
-    x = nn.relu(dense(hidden, name="fc2")(x))
-    return dense(1, name="fc3")(x)[:, 0]
+    x = nn.relu(dense(hidden, flat.shape[-1], name="fc1")(flat))
+    x = nn.relu(dense(hidden, hidden, name="fc2")(x))
+    return dense(1, hidden, name="fc3")(x)[:, 0]
 
 
 class SqueezeExcite(nn.Module):
@@ -72,11 +73,12 @@ class SqueezeExcite(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
+        reduced = channels // self.reduction
+        dense = functools.partial(torch_dense, use_bias=False, dtype=self.dtype,
                                   param_dtype=self.param_dtype)
         squeezed = jnp.mean(x, axis=(1, 2))
-        weights = nn.sigmoid(dense(channels, name="fc_2")(
-            nn.relu(dense(channels // self.reduction, name="fc_0")(squeezed))))
+        weights = nn.sigmoid(dense(channels, reduced, name="fc_2")(
+            nn.relu(dense(reduced, channels, name="fc_0")(squeezed))))
         return x * weights[:, None, None, :]
 
 

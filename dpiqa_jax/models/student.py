@@ -19,7 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dpiqa_jax import inits
 from dpiqa_jax.models.efficientnet import EfficientNet, efficientnet_config
+from dpiqa_jax.models.qfd import quality_score_head
 from dpiqa_jax.models.resize import resize_nearest_torch
 
 Dtype = Any
@@ -34,12 +36,15 @@ class StudentConfig:
       map_size: side of the quality map the head resizes to (64 = the teacher's map).
       map_channels: channels of the quality map (8, as the teacher's).
       hidden: width of `fc1` and `fc2`.
+      stochastic_depth: the backbone's stochastic depth in training; off only where random draws
+        cannot be shared (parity with PyTorch).
     """
 
     backbone: str = "b7"
     map_size: int = 64
     map_channels: int = 8
     hidden: int = 512
+    stochastic_depth: bool = True
 
 
 class TorchConvTranspose2d(nn.Module):
@@ -49,6 +54,7 @@ class TorchConvTranspose2d(nn.Module):
     the transposed convolution written as a plain convolution: dilate the input by `stride`, pad
     (k - 1 - padding) before and (k - 1 - padding + output_padding) after, correlate with the
     spatially flipped kernel. Output side: (H - 1) * stride - 2 * padding + k + output_padding.
+    torch's default initialisation, whose fan_in is out * k * k (its weight's dimension 1).
     """
 
     features: int
@@ -66,9 +72,12 @@ class TorchConvTranspose2d(nn.Module):
             raise ValueError(f"padding {self.padding} must lie in [0, kernel_size - 1 = "
                              f"{self.kernel_size - 1}]")
         k = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (k, k, x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        shape = (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", inits.torch_kernel_init(inits.CONV_TRANSPOSE_IN_AXIS), shape,
+                            self.param_dtype)
+        bias = self.param("bias", inits.torch_bias_init(
+            inits.torch_fan_in(shape, inits.CONV_TRANSPOSE_IN_AXIS)), (self.features,),
+            self.param_dtype)
         before = k - 1 - self.padding
         after = before + self.output_padding
         y = jax.lax.conv_general_dilated(
@@ -97,15 +106,14 @@ class Student(nn.Module):
           score [B] (predicts MOS / 100) and the quality map [B, map_size, map_size, map_channels].
         """
         config = self.config
-        features = EfficientNet(efficientnet_config(config.backbone), dtype=self.dtype,
+        backbone = efficientnet_config(config.backbone)
+        if not config.stochastic_depth:
+            backbone = dataclasses.replace(backbone, stochastic_depth_prob=0.0)
+        features = EfficientNet(backbone, dtype=self.dtype,
                                 param_dtype=self.param_dtype, name="base_model")(x, train)
         quality_map = nn.relu(TorchConvTranspose2d(config.map_channels, dtype=self.dtype,
                                                    param_dtype=self.param_dtype,
                                                    name="conv_transpose")(features))
         quality_map = resize_nearest_torch(quality_map, (config.map_size, config.map_size))
-        h = quality_map.reshape(quality_map.shape[0], -1)
-        for name in ("fc1", "fc2"):
-            h = nn.relu(nn.Dense(config.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                                 name=name)(h))
-        score = nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="fc3")(h)
-        return score[:, 0], quality_map
+        score = quality_score_head(quality_map, config.hidden, self.dtype, self.param_dtype)
+        return score, quality_map

@@ -7,6 +7,10 @@ half-written step), so a restarted run resumes from the latest complete one.
 
 Kept: the latest `keep` steps, and the step with the best validation SRCC among those saved with
 metrics. Selection never looks at the test split.
+
+Before anything is built, `check_run_settings` (dpiqa_jax.train.workdir) refuses a workdir that
+cannot hold the run and a `keep` below 1; on resume, `config_differences` lists the config fields that changed since the
+checkpoint, except those that do not change what is trained (`RUN_NEUTRAL_FIELDS`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,37 @@ import grain
 import orbax.checkpoint as ocp
 
 from dpiqa_jax.train.state import TrainState
+from dpiqa_jax.train.workdir import check_keep
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "val_srcc"
 _STATE, _DATA, _CONFIG = "state", "data", "config"
+# Config fields a resumed run may change freely: how often it logs, evaluates and saves, how
+# many checkpoints it keeps, where and how fast it reads, what it shows, and how long it runs.
+RUN_NEUTRAL_FIELDS = frozenset({
+    "log_every_steps", "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps",
+    "keep_checkpoints",
+    "progress_bar", "tensorboard", "total_steps", "num_epochs", "data.data_dir",
+    "data.num_threads", "data.prefetch_images", "data.eval_batch_size"})
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Dotted config fields whose value differs (or that exist in one config only), sorted, not
+    counting RUN_NEUTRAL_FIELDS; both configs as JSON dicts."""
+    old, new = _flatten(saved), _flatten(current)
+    missing = object()
+    return sorted(key for key in old.keys() | new.keys()
+                  if key not in RUN_NEUTRAL_FIELDS and old.get(key, missing) != new.get(key, missing))
 
 
 def _selection_value(metrics: Mapping[str, float]) -> float:
@@ -36,8 +67,7 @@ class Checkpointer:
     """Saves and restores the training state, the data position and the config."""
 
     def __init__(self, workdir: str, keep: int):
-        if keep < 1:
-            raise ValueError(f"keep_checkpoints must be at least 1, got {keep}")
+        check_keep(keep)
         self.directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)),
                                       CHECKPOINT_DIR)
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
@@ -65,6 +95,12 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def saved_config(self, step: int) -> dict[str, Any]:
+        """The config (JSON dict) saved with `step`."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            **{_CONFIG: ocp.args.JsonRestore()}))
+        return dict(restored[_CONFIG])
 
     def best_step(self) -> int | None:
         """The step with the highest validation SRCC (None before any validated checkpoint)."""

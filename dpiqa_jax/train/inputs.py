@@ -17,6 +17,46 @@ from dpiqa_jax.data import images as images_lib
 from dpiqa_jax.data import pipeline, sources
 
 PARTS = ("train", "val", "test")
+# 'ours': train / validation / test, selection on validation. 'authors': the validation part joins
+# training (their 80 / 20 split), and the test part is evaluated every epoch and selects.
+PROTOCOLS = ("ours", "authors")
+
+
+class JoinedSource:
+    """Several sources read as one, in order (names must stay unique)."""
+
+    def __init__(self, parts: list[sources.IqaSource]):
+        self._parts = list(parts)
+        self.names = tuple(name for part in self._parts for name in part.names)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("JoinedSource: the joined parts share image names")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.names):
+            raise IndexError(f"JoinedSource: index {index} out of range [0, {len(self.names)})")
+        for part in self._parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise AssertionError("unreachable: the index was checked against the total length")
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"config.protocol={protocol!r}; expected one of {PROTOCOLS}")
+    return protocol
+
+
+def protocol_parts(parts: dict[str, sources.IqaSource], protocol: str
+                   ) -> dict[str, sources.IqaSource]:
+    """The parts a protocol trains and evaluates on: ours as they are; the authors' with the
+    validation part joined to training and no validation part."""
+    if check_protocol(protocol) == "ours":
+        return parts
+    return {"train": JoinedSource([parts["train"], parts["val"]]), "test": parts["test"]}
 
 
 def image_config(config: ml_collections.ConfigDict) -> images_lib.ImageConfig:

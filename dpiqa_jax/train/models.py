@@ -231,7 +231,7 @@ def initial_teacher_weights(module: Teacher, config: ml_collections.ConfigDict) 
                   vae=_load_sd_part(config.sd_dir, "vae", module.config.vae))
     return InitialWeights(params, {}, prompts,
                           f"UNet and VAE from {config.sd_dir}; image adapter, text adapter, gamma "
-                          f"and QFD RANDOM (their usual initialisation)")
+                          f"and QFD RANDOM (torch's default initialisation, as the authors')")
 
 
 def _load_sd_part(sd_dir: str, part: str, expected: Any) -> Params:
@@ -326,4 +326,5 @@ def initial_student_weights(module: Student, config: ml_collections.ConfigDict) 
     batch_stats["base_model"] = backbone["batch_stats"]
     return InitialWeights(params, batch_stats, None,
                           f"backbone {config.student.backbone} ImageNet weights from {path}; "
-                          "conv_transpose and fc1-3 RANDOM (their usual initialisation)")
+                          "conv_transpose and fc1-3 RANDOM (torch's default initialisation, as "
+                          "the authors')")

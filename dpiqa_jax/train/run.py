@@ -6,18 +6,33 @@
 A run: build the mesh; open the train / validation / test parts; pick the initial weights
 (`dpiqa_jax.train.models`), split them into trained and frozen, shard both; resume from the
 latest checkpoint in WORKDIR if there is one; compile the update function ahead of time; train,
-logging every `log_every_steps`, validating every `eval_every_steps` and checkpointing every
-`checkpoint_every_steps` (and at the end). Finally the checkpoint with the best validation SRCC is
-scored on the test part (WORKDIR/test_eval/: metrics.json, predictions.csv, scatter.png) and
-written as a bundle (WORKDIR/best_model/) for scoring and export.
+logging every `log_every_steps`, evaluating once per `eval_every_epochs` epochs (or every
+`eval_every_steps` when set) and checkpointing every `checkpoint_every_steps` (and at the end).
 
-Workdir: metrics.jsonl, tensorboard/, checkpoints/, test_eval/, best_model/.
+`config.protocol='ours'` (default): the evaluation is on the validation part; finally the
+checkpoint with the best validation SRCC is scored on the test part (WORKDIR/test_eval/:
+metrics.json, predictions.csv, scatter.png) and written as a bundle (WORKDIR/best_model/) for
+scoring and export.
+
+`config.protocol='authors'`: the validation part joins training (their 80 / 20 split) and the
+test part is evaluated at every evaluation; the checkpoints with the best test PLCC and the best
+test SRCC are written as bundles (WORKDIR/best_test_plcc_model/, best_test_srcc_model/) and the
+values, labelled `selected_on_test`, to WORKDIR/test_selection.json
+(dpiqa_jax.eval.test_selection). The run's model is the best-PLCC one, which they distil from.
+
+Workdir: metrics.jsonl, tensorboard/, checkpoints/, then test_eval/ and best_model/ (ours) or
+test_selection.json, best_test_plcc_model/ and best_test_srcc_model/ (authors').
+
+The console (dpiqa_jax.train.console) shows each setup phase with its duration, a line per logged
+step and per evaluation. The workdir and checkpoint settings are checked, and a resumed run's
+config compared with the saved one, before any model is built (`open_checkpoints`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,9 +47,12 @@ from jax.sharding import Mesh, PartitionSpec
 
 from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.data import pipeline, sources
+from dpiqa_jax.eval import metrics as metrics_lib
 from dpiqa_jax.eval import protocol
+from dpiqa_jax.eval import test_selection
 from dpiqa_jax.train import checkpoint as checkpoint_lib
-from dpiqa_jax.train import inputs, models, optim, sharding, steps
+from dpiqa_jax.train import console, inputs, models, optim, sharding, steps
+from dpiqa_jax.train import workdir as workdir_lib
 from dpiqa_jax.train.tasks import Task, build_task
 from dpiqa_jax.train import logging as train_logging
 from dpiqa_jax.train.state import Params, TrainState, create_train_state
@@ -63,13 +81,21 @@ def config_for_split(config: ml_collections.ConfigDict, split: Any) -> ml_collec
 
 
 def training_length(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
-    """(steps per epoch, total steps); an epoch is the training part in whole global batches."""
-    steps_per_epoch = num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training part has {num_train} images, fewer than one batch of "
-                         f"{config.batch_size}")
+    """(steps per epoch, total steps); an epoch is ceil(N / global batch) steps, the last partial
+    batch kept (padded and masked), as the authors' DataLoader does."""
+    steps_per_epoch = pipeline.steps_per_epoch(num_train, config.batch_size)
     total = config.total_steps if config.total_steps > 0 else config.num_epochs * steps_per_epoch
     return steps_per_epoch, total
+
+
+def eval_interval(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Steps between evaluations: `eval_every_steps` when > 0, else `eval_every_epochs` epochs."""
+    if config.eval_every_steps > 0:
+        return config.eval_every_steps
+    if config.eval_every_epochs <= 0:
+        raise ValueError("set config.eval_every_epochs (> 0) or config.eval_every_steps (> 0); "
+                         f"got {config.eval_every_epochs} and {config.eval_every_steps}")
+    return config.eval_every_epochs * steps_per_epoch
 
 
 # --------------------------------------------------------------------------- the run
@@ -126,7 +152,8 @@ def batch_spec(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> dic
     batch = {"image": jax.ShapeDtypeStruct(models.image_shape(config, config.batch_size),
                                            np.float32, sharding=shard),
              "mos_normalized": jax.ShapeDtypeStruct((config.batch_size,), np.float32,
-                                                    sharding=shard)}
+                                                    sharding=shard),
+             "mask": jax.ShapeDtypeStruct((config.batch_size,), np.bool_, sharding=shard)}
     if task.kind == "student" and config.teacher_maps_cache:
         s = config.student
         batch["teacher_map"] = jax.ShapeDtypeStruct(
@@ -163,6 +190,27 @@ def evaluate_part(predict_fn: protocol.PredictFn, source: sources.IqaSource,
                              inputs.eval_batch_size(config),
                              jax.process_index(), jax.process_count(),
                              num_threads=config.data.num_threads, progress=False)
+
+
+def validation_metrics(predict_fn: protocol.PredictFn, source: sources.IqaSource,
+                       config: ml_collections.ConfigDict) -> dict[str, float]:
+    """The val_* metrics. A non-finite prediction stops the run, or with config.skip_nonfinite
+    makes val_srcc and val_plcc NaN, which ranks the checkpoint below every validated one."""
+    predictions = protocol.predict_source(
+        predict_fn, source, inputs.image_config(config), inputs.eval_batch_size(config),
+        jax.process_index(), jax.process_count(), num_threads=config.data.num_threads,
+        progress=False)
+    nonfinite = int(np.sum(~np.isfinite(predictions.predictions)))
+    if not nonfinite:
+        metrics, _ = metrics_lib.compute_metrics_and_fit(predictions.predictions, predictions.mos)
+        return _prefixed("val", metrics)
+    message = f"validation: {nonfinite} of {len(predictions.predictions)} predictions not finite"
+    if not config.skip_nonfinite:
+        raise NonFiniteError(message + "; training stopped. config.skip_nonfinite=True ranks "
+                             "such a checkpoint last instead")
+    logging.warning("%s; this checkpoint ranks last (config.skip_nonfinite)", message)
+    return {"val_srcc": math.nan, "val_plcc": math.nan,
+            "val_nonfinite_predictions": float(nonfinite)}
 
 
 def _check_step_finite(step: int, metrics: Mapping[str, jax.Array], skip: bool) -> None:
@@ -238,53 +286,113 @@ class _Run:
     predict_for: Callable[[TrainState], protocol.PredictFn]
     abstract_state: TrainState
     total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    # The authors' protocol's bests on the test part; None under ours.
+    selection: test_selection.SelectionOnTest | None
+    best: console.BestSoFar
+
+
+def open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
+                     allow_config_change: bool = False) -> checkpoint_lib.Checkpointer:
+    """The run's checkpointer, after the checks that need no model: the workdir can be written,
+    keep_checkpoints >= 1, and a checkpoint to resume was saved with the same run config.
+
+    Raises workdir_lib.RunSettingsError naming what is wrong (the differing config fields on
+    resume, unless `allow_config_change`, which logs them instead).
+    """
+    workdir = workdir_lib.check_run_settings(workdir, config.keep_checkpoints)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return checkpointer
+    differences = checkpoint_lib.config_differences(checkpointer.saved_config(latest),
+                                                    config_json(config))
+    if differences and not allow_config_change:
+        checkpointer.close()
+        raise workdir_lib.RunSettingsError(
+            f"{workdir} holds a run with another config (step {latest}); differing fields: "
+            f"{', '.join(differences)}. Use the saved values, another workdir, or allow the "
+            "change explicitly (launch.train --allow_config_change)")
+    if differences:
+        logging.warning("resuming with changed config fields (allowed): %s",
+                        ", ".join(differences))
+    return checkpointer
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          devices: Sequence[jax.Device] | None = None) -> TrainResult:
-    """Trains (or resumes) the run in `workdir` on `devices` (default: all of them)."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    mesh = sharding.make_mesh(config.mesh, devices)
-    check_batch_sizes(config, mesh)
+          devices: Sequence[jax.Device] | None = None,
+          allow_config_change: bool = False) -> TrainResult:
+    """Trains (or resumes) the run in `workdir` on `devices` (default: all of them).
+
+    A workdir that holds checkpoints is resumed only with the config it was saved with, apart
+    from checkpoint_lib.RUN_NEUTRAL_FIELDS, unless `allow_config_change`.
+    """
+    console.quiet_library_logs()
+    checkpointer = open_checkpoints(config, workdir, allow_config_change)
+    try:
+        return _train_with(config, os.path.dirname(checkpointer.directory), devices,
+                           checkpointer)
+    finally:
+        checkpointer.close()
+
+
+def _train_with(config: ml_collections.ConfigDict, workdir: str,
+                devices: Sequence[jax.Device] | None,
+                checkpointer: checkpoint_lib.Checkpointer) -> TrainResult:
+    with console.phase("setup: device mesh"):
+        mesh = sharding.make_mesh(config.mesh, devices)
+        check_batch_sizes(config, mesh)
     logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
-    parts = inputs.open_parts(config.data)
-    logging.info("data: %s", {part: len(source) for part, source in parts.items()})
+    with console.phase("setup: opening the data"):
+        parts = inputs.protocol_parts(inputs.open_parts(config.data), config.protocol)
+    logging.info("data (%s protocol): %s", config.protocol,
+                 {part: len(source) for part, source in parts.items()})
     steps_per_epoch, total_steps = training_length(config, len(parts["train"]))
+    eval_every = eval_interval(config, steps_per_epoch)
+    logging.info("training the %s (%s) for %d steps of %d images (%d steps per epoch, evaluation "
+                 "every %d steps) in %s", config.kind, config.variant, total_steps,
+                 config.batch_size, steps_per_epoch, eval_every, workdir)
     schedule = optim.learning_rate_schedule(
         config.optimizer.learning_rate, optim.milestone_steps(config.schedule, steps_per_epoch),
         config.schedule.factor)
     optimizer = optim.make_optimizer(config.optimizer, schedule)
 
-    task = build_task(config)
+    with console.phase(f"setup: building the {config.kind} and its initial weights"):
+        task = build_task(config)
     logging.info("initial weights: %s", task.source)
-    placed = place_task(task, optimizer, mesh, config.fsdp_min_size)
-    optim.check_optimizer_covers(placed.state.params, placed.state.opt_state)
+    with console.phase("setup: placing weights and optimizer state on the mesh"):
+        placed = place_task(task, optimizer, mesh, config.fsdp_min_size)
+        optim.check_optimizer_covers(placed.state.params, placed.state.opt_state)
     abstract_state = abstract_like(placed.state, placed.state_shardings)
 
-    checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
     iterator = pipeline.train_iterator(parts["train"], inputs.pipeline_config(config),
                                        jax.process_index(), jax.process_count())
     state = placed.state
     latest = checkpointer.latest_step()
     if latest is not None:
-        logging.info("resuming from %s step %d (trained state and data position; frozen "
-                     "weights as above)", checkpointer.directory, latest)
-        state = checkpointer.restore(latest, abstract_state, iterator)
+        with console.phase(f"setup: resuming from {checkpointer.directory} step {latest} "
+                           "(trained state and data position; frozen weights as above)"):
+            state = checkpointer.restore(latest, abstract_state, iterator)
     writer = train_logging.MetricWriter(workdir, total_steps=total_steps,
                                         initial_step=int(state.step),
                                         tensorboard=config.tensorboard,
                                         progress_bar=config.progress_bar)
+    selection = (test_selection.SelectionOnTest(workdir) if config.protocol == "authors"
+                 else None)
     session = _Run(config, workdir, task, placed, parts, checkpointer, writer,
-                   make_predict_fn(task, placed), abstract_state, total_steps)
+                   make_predict_fn(task, placed), abstract_state, total_steps, steps_per_epoch,
+                   eval_every, selection, console.BestSoFar(writer.history))
     try:
         if int(state.step) < total_steps:
-            update = compile_task_update(config, task, placed, optimizer, schedule)
+            with console.phase(f"compiling the {task.kind} update (minutes on a CPU)"):
+                update = compile_task_update(config, task, placed, optimizer, schedule)
             state = _train_steps(session, update, state, iterator)
-        best_dir, best_step = _finish(session)
+        finish = _finish if selection is None else _finish_on_test
+        best_dir, best_step = finish(session)
         return TrainResult(best_dir, best_step, state)
     finally:
         writer.close()
-        checkpointer.close()
 
 
 def _train_steps(session: _Run, update: Any, state: TrainState, iterator: Any) -> TrainState:
@@ -294,6 +402,7 @@ def _train_steps(session: _Run, update: Any, state: TrainState, iterator: Any) -
     throughput = train_logging.Throughput()
     pending: tuple[int, Mapping[str, jax.Array]] | None = None
     logged_step = step
+    eta = console.EtaClock(step, session.total_steps)
     while step < session.total_steps:
         batch = next_global_batch(session.task, iterator, mesh)
         with jax.transfer_guard("disallow"):
@@ -306,23 +415,32 @@ def _train_steps(session: _Run, update: Any, state: TrainState, iterator: Any) -
         throughput.add(config.batch_size)
         last = step == session.total_steps
         log_due = step % config.log_every_steps == 0 or last
-        eval_due = step % config.eval_every_steps == 0 or last
+        eval_due = step % session.eval_every == 0 or last
         save_due = step % config.checkpoint_every_steps == 0 or eval_due
         if log_due or save_due:
             _check_step_finite(*pending, config.skip_nonfinite)
             pending = None
         if log_due:
             rate = throughput.rate()
-            session.writer.write(step, {**_host_metrics(metrics), "images_per_second": rate})
+            host_metrics = _host_metrics(metrics)
+            session.writer.write(step, {**host_metrics, "images_per_second": rate})
             session.writer.advance(step - logged_step, rate)
+            session.writer.say(console.step_line(step, session.total_steps, host_metrics, rate,
+                                                 eta.remaining_seconds(step)))
             logged_step = step
         val_metrics = None
-        if eval_due:
-            result = evaluate_part(session.predict_for(state), session.parts["val"], config)
-            val_metrics = _prefixed("val", result.metrics)
+        if eval_due and session.selection is None:
+            val_metrics = validation_metrics(session.predict_for(state), session.parts["val"],
+                                             config)
             session.writer.write(step, val_metrics)
+            session.best.update(step, val_metrics["val_srcc"])
+            session.writer.say(console.eval_line(step, val_metrics, session.best))
+        elif eval_due:
+            _select_on_test(session, state, step)
         if save_due:
             session.checkpointer.save(step, state, iterator, config_json(config), val_metrics)
+        if eval_due or save_due:
+            throughput.restart()
     return state
 
 
@@ -335,24 +453,69 @@ def _finish(session: _Run) -> tuple[str, int]:
         raise RuntimeError(f"{checkpointer.directory} has no validated checkpoint to select")
     state = checkpointer.restore(best, session.abstract_state)
     logging.info("best checkpoint by validation SRCC: step %d", best)
-    result = evaluate_part(session.predict_for(state), session.parts["test"], config)
+    with console.phase(f"scoring step {best} on the test part"):
+        result = evaluate_part(session.predict_for(state), session.parts["test"], config)
+    logging.info("test (step %d): SRCC %.4f PLCC %.4f", best, result.metrics["srcc"],
+                 result.metrics["plcc"])
     session.writer.write(session.total_steps,
                          {"best_step": best, **_prefixed("test", result.metrics)})
-    variables, prompts = session.task.bundle_contents(_gather_to_host(state.params),
-                                                      _gather_to_host(state.batch_stats))
-    best_dir = os.path.join(session.workdir, BEST_MODEL_DIR)
     if jax.process_index() == 0:
         protocol.write_evaluation(result, os.path.join(session.workdir, TEST_EVAL_DIR),
                                   title=f"{config.data.dataset} {config.data.split} test",
                                   extra_info={"step": best, "part": "test"})
+    best_dir = os.path.join(session.workdir, BEST_MODEL_DIR)
+    _write_bundle(session, state, best_dir, {"step": best, "test_metrics": result.metrics})
+    return best_dir, best
+
+
+def _write_bundle(session: _Run, state: TrainState, directory: str,
+                  metadata: Mapping[str, Any]) -> None:
+    """Writes `state` as a bundle (process 0) and waits for every process."""
+    config = session.config
+    variables, prompts = session.task.bundle_contents(_gather_to_host(state.params),
+                                                      _gather_to_host(state.batch_stats))
+    if jax.process_index() == 0:
         bundle_lib.save_bundle(
-            best_dir, session.task.kind, session.task.model_config, variables, prompts=prompts,
+            directory, session.task.kind, session.task.model_config, variables, prompts=prompts,
             metadata={"mos_scale": MOS_SCALE, "score_range": [0.0, MOS_SCALE],
                       "image_size": config.data.image_size, "dataset": config.data.dataset,
-                      "split": config.data.split, "step": best,
-                      "initial_weights": session.task.source, "test_metrics": result.metrics})
-    multihost_utils.sync_global_devices("best model written")
-    return best_dir, best
+                      "split": config.data.split, "protocol": config.protocol,
+                      "initial_weights": session.task.source, **metadata})
+    multihost_utils.sync_global_devices(f"bundle {os.path.basename(directory)} written")
+
+
+def _select_on_test(session: _Run, state: TrainState, step: int) -> None:
+    """The authors' protocol: scores the test part, and writes the checkpoints whose test PLCC
+    or SRCC is the best so far (ties go to the later one, as theirs)."""
+    result = evaluate_part(session.predict_for(state), session.parts["test"], session.config)
+    session.writer.write(step, _prefixed("test", result.metrics))
+    epoch = step / session.steps_per_epoch
+    for name in session.selection.observe(step, epoch, result.metrics):
+        _write_bundle(session, state, os.path.join(session.workdir,
+                                                   test_selection.BUNDLE_DIRS[name]),
+                      {"step": step, "epoch": epoch, "selected_on_test": True,
+                       "selected_by": name, "test_metrics": result.metrics})
+    best = session.selection.reported()
+    session.writer.say(f"test step {step} (epoch {epoch:g}, selected on test): SRCC "
+                       f"{result.metrics['srcc']:.4f} PLCC {result.metrics['plcc']:.4f} | best "
+                       f"PLCC {best['best_test_plcc']:.4f} SRCC {best['best_test_srcc']:.4f}")
+    if jax.process_index() == 0:
+        session.selection.write()
+
+
+def _finish_on_test(session: _Run) -> tuple[str, int]:
+    """The authors' protocol: the best-test-PLCC bundle is the run's model (they distil the
+    student from it); the reported values are in test_selection.json."""
+    session.checkpointer.wait()
+    reported = session.selection.reported()
+    best = session.selection.best.get("best_test_plcc")
+    if best is None:
+        raise RuntimeError(f"{session.workdir}: no test evaluation gave a defined PLCC, so no "
+                           "checkpoint was selected")
+    logging.info("authors' protocol, selected on the test part: %s (best PLCC at step %d)",
+                 reported, best["step"])
+    session.writer.write(session.total_steps, {"selected_on_test": 1.0, **reported})
+    return os.path.join(session.workdir, best["bundle"]), int(best["step"])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, split: Any,

@@ -8,7 +8,7 @@ state as a separate, never-donated argument, so they get neither gradients nor A
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax

@@ -6,11 +6,17 @@ An update function maps (state, frozen, batch) -> (state, metrics):
 * `frozen` holds what does not: `{"params": ..., "prompts": [K, D]}` for the teacher (the VAE,
   and the UNet with `freeze_unet`), `{"teacher": ..., "prompts": ...}` for the student. It is
   never differentiated, so it has no gradients and no optimizer state;
-* `batch` holds global arrays: `image` [B, H, W, 3] in [0, 1], `mos_normalized` [B], and for a
-  student with a map cache `teacher_map` [B, m, m, c].
+* `batch` holds global arrays: `image` [B, H, W, 3] in [0, 1], `mos_normalized` [B], `mask` [B]
+  (False for the padding of an epoch's last partial batch; without it every image is real), and
+  for a student with a map cache `teacher_map` [B, m, m, c]. Losses average over the real images
+  only, as torch's `MSELoss` on the smaller last batch does. (The student's BatchNorm batch
+  statistics of that one step per epoch still include the padding images.)
 
-Randomness (the student's stochastic depth, the teacher's posterior sample) comes from
-`fold_in(key(seed), step)`, so a resumed run draws the same numbers as an uninterrupted one.
+Randomness comes from `fold_in(key(seed), step)`, so a resumed run draws the same numbers as an
+uninterrupted one: the student's stochastic depth uses that key; the teacher's posterior sample
+(`latent="sample"`) folds in each image's fingerprint as well (`per_image_keys`), so every image
+gets fresh noise at every step, and at test (key(seed), no step) an image's noise is fixed by its
+pixels alone, whatever batch it is scored in.
 
 A step whose loss or gradient is not finite reports `finite = False`; with `skip_nonfinite` it
 also leaves the state unchanged (the step counter still advances, so the data and the random
@@ -45,6 +51,21 @@ def mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
+def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """torch `MSELoss()` over the real images of a padded batch: [B, ...] with mask [B] (None:
+    every image is real).
+
+    Every image has the same number of elements, so the mean over the real images' elements is
+    the mean of their per-image means.
+    """
+    if mask is None:
+        return mse(prediction, target)
+    per_image = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+    per_image = per_image.reshape(per_image.shape[0], -1).mean(axis=1)
+    weights = mask.astype(jnp.float32)
+    return jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def with_remat(fn: Callable, policy: str) -> Callable:
     """`fn` under `jax.checkpoint` with the named policy ('none' leaves it alone)."""
     if policy not in REMAT_POLICIES:
@@ -68,6 +89,48 @@ def compute_copy(params: Params, dtype: Any) -> Params:
 
 def step_key(seed: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def image_fingerprints(images: jax.Array) -> jax.Array:
+    """A uint32 hash of each image's exact pixels: images [B, H, W, C] -> [B].
+
+    Each pixel's bit pattern times an odd multiplier of its position, summed modulo 2^32:
+    integer arithmetic, so the value does not depend on the reduction order or the device.
+    """
+    bits = jax.lax.bitcast_convert_type(images.astype(jnp.float32), jnp.uint32)
+    bits = bits.reshape(images.shape[0], -1)
+    multipliers = jnp.arange(bits.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761) | 1
+    return jnp.sum(bits * multipliers, axis=1, dtype=jnp.uint32)
+
+
+def per_image_keys(key: jax.Array, images: jax.Array) -> jax.Array:
+    """One key per image, `fold_in(key, fingerprint(image))`: [B] keys."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, image_fingerprints(images))
+
+
+def encode_teacher_latents(module: Teacher, params: Params, images: jax.Array,
+                           key: jax.Array) -> jax.Array:
+    """The teacher's VAE latents [B, h, w, 4] of images [B, H, W, 3].
+
+    With `latent="sample"` every image draws its posterior noise from its own key
+    (`per_image_keys(key, images)`), so its latent does not depend on its batch neighbours.
+    """
+    if module.config.latent != "sample":
+        return module.apply({"params": params}, images, method=Teacher.encode_latents)
+
+    def encode_one(image: jax.Array, image_key: jax.Array) -> jax.Array:
+        return module.apply({"params": params}, image[None], method=Teacher.encode_latents,
+                            rngs={LATENT_RNG: image_key})[0]
+
+    return jax.vmap(encode_one)(images, per_image_keys(key, images))
+
+
+def teacher_outputs(module: Teacher, params: Params, prompts: jax.Array, images: jax.Array,
+                    key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(score [B], quality map [B, m, m, c]) of the whole teacher; `params` all of them."""
+    latents = encode_teacher_latents(module, params, images, key)
+    return module.apply({"params": params}, latents, images, prompts,
+                        method=Teacher.score_latents)
 
 
 def apply_gradients(state: TrainState, grads: Params, batch_stats: Params, loss: jax.Array,
@@ -98,15 +161,14 @@ def make_teacher_update(module: Teacher, optimizer: optax.GradientTransformation
     """Teacher step: MSE(score, mos_normalized); the VAE runs outside the differentiated part."""
 
     def update(state: TrainState, frozen: Params, batch: Batch) -> tuple[TrainState, Metrics]:
-        key = step_key(seed, state.step)
-        latents = module.apply({"params": frozen["params"]}, batch["image"],
-                               method=Teacher.encode_latents, rngs={LATENT_RNG: key})
+        latents = encode_teacher_latents(module, frozen["params"], batch["image"],
+                                         step_key(seed, state.step))
 
         def loss_fn(params: Params) -> jax.Array:
             params = merge_params(compute_copy(params, module.dtype), frozen["params"])
             score, _ = module.apply({"params": params}, latents, batch["image"],
                                     frozen["prompts"], method=Teacher.score_latents)
-            return mse(score, batch["mos_normalized"])
+            return masked_mse(score, batch["mos_normalized"], batch.get("mask"))
 
         loss, grads = jax.value_and_grad(with_remat(loss_fn, remat_policy))(state.params)
         return apply_gradients(state, grads, state.batch_stats, loss, optimizer, schedule,
@@ -116,22 +178,25 @@ def make_teacher_update(module: Teacher, optimizer: optax.GradientTransformation
 
 
 def make_teacher_predict(module: Teacher, *, seed: int = 0) -> Callable[..., jax.Array]:
-    """(params, frozen, images) -> scores [B]; `params` the trained part."""
+    """(params, frozen, images) -> scores [B]; `params` the trained part. A posterior sample
+    draws per image from key(seed) (`encode_teacher_latents`)."""
 
     def predict(params: Params, frozen: Params, images: jax.Array) -> jax.Array:
-        score, _ = module.apply({"params": merge_params(params, frozen["params"])}, images,
-                                frozen["prompts"], rngs={LATENT_RNG: jax.random.key(seed)})
+        score, _ = teacher_outputs(module, merge_params(params, frozen["params"]),
+                                   frozen["prompts"], images, jax.random.key(seed))
         return score.astype(jnp.float32)
 
     return predict
 
 
 def make_teacher_maps(module: Teacher, *, seed: int = 0) -> Callable[..., jax.Array]:
-    """(teacher params, prompts, images) -> quality maps [B, m, m, c] float32."""
+    """(teacher params, prompts, images[, key]) -> quality maps [B, m, m, c] float32; a
+    posterior sample draws per image from `key` (default key(seed))."""
 
-    def maps(params: Params, prompts: jax.Array, images: jax.Array) -> jax.Array:
-        _, quality_map = module.apply({"params": params}, images, prompts,
-                                      rngs={LATENT_RNG: jax.random.key(seed)})
+    def maps(params: Params, prompts: jax.Array, images: jax.Array,
+             key: jax.Array | None = None) -> jax.Array:
+        key = jax.random.key(seed) if key is None else key
+        _, quality_map = teacher_outputs(module, params, prompts, images, key)
         return quality_map.astype(jnp.float32)
 
     return maps
@@ -157,14 +222,15 @@ def make_student_update(module: Student, optimizer: optax.GradientTransformation
         if teacher_maps is None:
             target_map = batch["teacher_map"]
         else:
-            target_map = teacher_maps(frozen["teacher"], frozen["prompts"], batch["image"])
+            target_map = teacher_maps(frozen["teacher"], frozen["prompts"], batch["image"], key)
 
         def loss_fn(params: Params) -> tuple[jax.Array, tuple[Params, Metrics]]:
             (score, quality_map), mutated = module.apply(
                 {"params": compute_copy(params, module.dtype), "batch_stats": state.batch_stats},
                 batch["image"], train=True, mutable=["batch_stats"], rngs={DROPOUT_RNG: key})
-            terms = {"score_loss": mse(score, batch["mos_normalized"]),
-                     "map_loss": mse(quality_map, target_map)}
+            mask = batch.get("mask")
+            terms = {"score_loss": masked_mse(score, batch["mos_normalized"], mask),
+                     "map_loss": masked_mse(quality_map, target_map, mask)}
             loss = score_weight * terms["score_loss"] + map_weight * terms["map_loss"]
             return loss, (mutated["batch_stats"], terms)
 

@@ -83,6 +83,15 @@ def _check_map_shape(teacher_shape: tuple[int, ...], config: ml_collections.Conf
                          f"is {(s.map_size, s.map_size, s.map_channels)}")
 
 
+def _cached_maps(cache: TeacherMapCache, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The cached teacher maps [B, m, m, c] of the batch's real images; zeros for padding."""
+    real = np.asarray(batch["mask"], bool)
+    maps = np.zeros((len(real),) + tuple(cache.map_shape), np.float32)
+    if real.any():
+        maps[real] = cache.lookup(batch["image"][real])
+    return maps
+
+
 def student_task(config: ml_collections.ConfigDict,
                  weights: models.InitialWeights | None = None,
                  teacher: tuple[Teacher, models.InitialWeights] | None = None) -> Task:
@@ -101,7 +110,7 @@ def student_task(config: ml_collections.ConfigDict,
         source += f"; teacher maps from the cache {cache.path} ({len(cache)} images)"
 
         def prepare_batch(batch):
-            return {**batch, "teacher_map": cache.lookup(batch["image"])}
+            return {**batch, "teacher_map": _cached_maps(cache, batch)}
     else:
         teacher, teacher_weights = teacher or models.initial_teacher_for_distillation(config)
         qfd = teacher.config.qfd

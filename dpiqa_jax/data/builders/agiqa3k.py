@@ -54,9 +54,10 @@ Download AGIQA-3K (links at {HOMEPAGE}). The manual directory must hold:
         for line, row in base.read_csv_rows(csv_path, _COLUMNS):
             where = f"{csv_path}:{line}"
             extras = {
-                "mos_std": base.parse_float(row["std_quality"], f"{where} std_quality"),
-                "mos_align": base.parse_float(row["mos_align"], f"{where} mos_align"),
-                "mos_align_std": base.parse_float(row["std_align"], f"{where} std_align"),
+                "mos_std": base.parse_std(row["std_quality"], f"{where} std_quality"),
+                "mos_align": base.parse_float(row["mos_align"], f"{where} mos_align",
+                                              *self.MOS_RANGE),
+                "mos_align_std": base.parse_std(row["std_align"], f"{where} std_align"),
                 "prompt": row["prompt"],
             }
             mos = base.parse_float(row["mos_quality"], f"{where} mos_quality")

@@ -13,8 +13,11 @@ Records are written in sorted-name order (shuffling is disabled) and the dataset
 `names` in that order, so a reader maps names to record indices without reading any image. The
 metadata also records `skipped` images (name -> reason) and the native `mos_range`.
 
-Checks made while building, each an error naming the file / key / value:
-* a missing label file or column, an unparsable or out-of-range value, a duplicate name;
+Checks made while building, each an error naming the file (and line) / key / value:
+* a missing label file or column, a label file that is not UTF-8 or lists no images, an
+  unparsable, non-finite or out-of-range value (MOS outside the native scale, a negative standard
+  deviation, a rating count that is not a positive integer), a duplicate name;
+* an image name that leaves the image folder (`..`, an absolute path, a symlink pointing out);
 * a label count other than the dataset's documented count (`expected_count`);
 * a labelled image missing on disk or not decodable. With `skip_bad_images=True` in the builder
   config such images are left out instead, logged with their count, and listed in the metadata.
@@ -25,8 +28,9 @@ from __future__ import annotations
 import abc
 import csv
 import dataclasses
+import io
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
@@ -124,6 +128,8 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder):
             raise FileNotFoundError(f"{self.name}: manual directory {manual_dir} does not exist.\n"
                                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         labels = self.read_labels(manual_dir)
+        if not labels:
+            raise ValueError(f"{self.name}: the label file(s) in {manual_dir} list no images")
         check_count(labels, self.builder_config.expected_count, f"{self.name} ({manual_dir})")
         check_unique_names(labels, self.name)
         missing = [label for label in labels if not label.path.is_file()]
@@ -152,6 +158,9 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder):
             # Keys are positions in sorted-name order: with shuffling disabled the records are
             # written in key order, which is what makes metadata["names"] an index.
             yield key, self._example(label, encoded)
+        if not kept:
+            raise ValueError(f"{self.name}: none of the {len(skipped)} labelled image(s) could be "
+                             f"read: {_first_names(sorted(skipped))}")
         self._record_metadata(kept, skipped)
 
     def _example(self, label: LabeledImage, encoded: bytes) -> dict[str, Any]:
@@ -174,11 +183,34 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder):
             "higher_is_better": self.higher_is_better,
         })
 
-    def _labeled_image(self, name: str, image_dir: Path, mos: float, where: str,
+    def _labeled_image(self, name: Any, image_dir: Path, mos: float, where: str,
                        extras: Mapping[str, Any] | None = None) -> LabeledImage:
-        """A LabeledImage whose MOS was checked against the dataset's native range."""
+        """A LabeledImage whose name stays inside `image_dir` and whose MOS was checked against
+        the dataset's native range."""
+        path = image_path(image_dir, name, where)
         check_mos_in_range(mos, self.mos_range, f"{where}: image {name!r}")
-        return LabeledImage(name=name, path=image_dir / name, mos=mos, extras=extras or {})
+        return LabeledImage(name=name, path=path, mos=mos, extras=extras or {})
+
+
+def image_path(image_dir: Path, name: Any, where: str) -> Path:
+    """`image_dir / name`, refusing a name that leaves the folder: empty, absolute (POSIX or
+    Windows), with a `..` component, or a symlink (anywhere on the way) resolving outside it."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ValueError(f"{where}: image name {name!r} is not a file name")
+    parts = PurePosixPath(name).parts
+    if (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute()
+            or PureWindowsPath(name).drive or ".." in parts or ".." in PureWindowsPath(name).parts):
+        raise ValueError(f"{where}: image name {name!r} leaves the image folder {image_dir} "
+                         f"(absolute or containing ..)")
+    path = image_dir / name
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError) as e:  # RuntimeError: a symlink loop
+        raise ValueError(f"{where}: image {name!r} cannot be resolved ({e})") from None
+    if not target.is_relative_to(image_dir.resolve()):
+        raise ValueError(f"{where}: image {name!r} is a link to {target}, outside the image "
+                         f"folder {image_dir}")
+    return path
 
 
 def normalize_mos(mos: float, mos_range: tuple[float, float], higher_is_better: bool) -> float:
@@ -217,27 +249,61 @@ def require_file(path: Path, instructions: str) -> Path:
     return path
 
 
+def _decode_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} at "
+                         f"offset {e.start}); save the label file as UTF-8") from None
+
+
 def read_csv_rows(path: Path, required_columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """Reads a CSV with a header row; returns (line number, row) pairs.
+    """Reads a UTF-8 CSV with a header row; returns (line number, row) pairs.
 
     Raises:
-      ValueError: a required column is missing (the message lists the header found).
+      ValueError: naming the file (and line): not UTF-8, malformed CSV, a required column missing
+        (the message lists the header found), or no data rows.
     """
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_decode_utf8(path), newline=""))
+    try:
         header = reader.fieldnames or []
         absent = [c for c in required_columns if c not in header]
         if absent:
             raise ValueError(f"{path}: missing column(s) {absent}; header is {header}")
-        return [(reader.line_num, row) for row in reader]
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as e:
+        # line_num counts the lines of the records read so far; the bad one is the next.
+        raise ValueError(f"{path}:{reader.line_num + 1}: malformed CSV ({e})") from None
+    if not rows:
+        raise ValueError(f"{path}: no rows after the header")
+    return rows
 
 
-def parse_float(text: Any, where: str) -> float:
-    """float(text), with an error naming where the text came from."""
+def parse_float(text: Any, where: str, low: float = -math.inf, high: float = math.inf) -> float:
+    """float(text), finite and within [low, high], with an error naming where it came from."""
     try:
-        return float(text)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: expected a number, got {text!r}") from e
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        shown = repr(text) if isinstance(text, str) else str(text)
+        raise ValueError(f"{where}: {shown} is not a finite number in [{low}, {high}]")
+    return value
+
+
+def parse_std(text: Any, where: str) -> float:
+    """A standard deviation or variance: a finite number >= 0."""
+    return parse_float(text, where, low=0.0)
+
+
+def parse_count(text: Any, where: str) -> int:
+    """A positive whole number (a rating count); a fraction is an error, not truncated."""
+    value = parse_float(text, where, low=1.0)
+    if not value.is_integer():
+        raise ValueError(f"{where}: expected a whole number, got {text!r}")
+    return int(value)
 
 
 def _first_names(names: Sequence[str]) -> str:

@@ -54,7 +54,7 @@ Download kadid10k.zip from {HOMEPAGE} and unpack it. The manual directory is kad
             where = f"{csv_path}:{line}"
             distortion_type, level = parse_distortion(row["dist_img"], where)
             extras = {
-                "mos_variance": base.parse_float(row["var"], f"{where} var"),
+                "mos_variance": base.parse_std(row["var"], f"{where} var"),
                 "reference_name": row["ref_img"],
                 "distortion_type": distortion_type,
                 "distortion_name": DISTORTION_NAMES[distortion_type - 1],

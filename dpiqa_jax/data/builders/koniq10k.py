@@ -13,6 +13,7 @@ from dpiqa_jax.data.builders import base
 LABEL_FILE = "koniq10k_scores_and_distributions.csv"
 RESOLUTIONS = ("1024x768", "512x384")
 NUM_IMAGES = 10073
+MOS_1TO5_RANGE = (1.0, 5.0)  # the mean of 1-5 ratings
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,9 +66,9 @@ the resolution you build (1024x768 and/or 512x384). The manual directory must ho
 
     def _label(self, row: dict[str, str], where: str, image_dir: Path) -> base.LabeledImage:
         extras = {
-            "mos_1to5": base.parse_float(row["MOS"], f"{where} MOS"),
-            "mos_std": base.parse_float(row["SD"], f"{where} SD"),
-            "num_ratings": int(base.parse_float(row["c_total"], f"{where} c_total")),
+            "mos_1to5": base.parse_float(row["MOS"], f"{where} MOS", *MOS_1TO5_RANGE),
+            "mos_std": base.parse_std(row["SD"], f"{where} SD"),
+            "num_ratings": base.parse_count(row["c_total"], f"{where} c_total"),
         }
         mos = base.parse_float(row["MOS_zscore"], f"{where} MOS_zscore")
         return self._labeled_image(row["image_name"], image_dir, mos, where, extras)

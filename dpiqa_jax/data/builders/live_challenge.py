@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -45,15 +46,26 @@ ChallengeDB_release/ folder:
                              f"{len(names)}, {len(mos)} and {len(std)} entries; they must match")
         names = [_mat_string(entry) for entry in names]
         check_training_images_first(names, manual_dir / NAMES_FILE)
-        first_test = len(TRAINING_IMAGES)
-        return [
-            self._labeled_image(name, manual_dir / "Images", float(m), f"{manual_dir / MOS_FILE}",
-                                {"mos_std": float(s)})
-            for name, m, s in zip(names[first_test:], mos[first_test:], std[first_test:])
-        ]
+        return [self._label(manual_dir, index, name, m, s)
+                for index, (name, m, s) in enumerate(zip(names, mos, std))
+                if index >= len(TRAINING_IMAGES)]
+
+    def _label(self, manual_dir: Path, index: int, name: str, mos: Any, std: Any
+               ) -> base.LabeledImage:
+        """The test image at `index` of the .mat files (entries numbered from 1 in messages)."""
+        where = f"{manual_dir / MOS_FILE} entry {index + 1}"
+        std = base.parse_std(std, f"{manual_dir / STD_FILE} entry {index + 1}")
+        return self._labeled_image(name, manual_dir / "Images", base.parse_float(mos, where),
+                                   where, {"mos_std": std})
 
     def _mat_vector(self, path: Path, key: str) -> np.ndarray:
-        contents = scipy.io.loadmat(base.require_file(path, self.MANUAL_DOWNLOAD_INSTRUCTIONS))
+        base.require_file(path, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        try:
+            contents = scipy.io.loadmat(path)
+        # What scipy raises on a malformed .mat, by the part of the file it trips on.
+        except (ValueError, TypeError, IndexError, KeyError, EOFError, NotImplementedError,
+                scipy.io.matlab.MatReadError) as e:
+            raise ValueError(f"{path}: not a readable MATLAB file ({e})") from None
         if key not in contents:
             raise KeyError(f"{path}: no variable {key!r}; found "
                            f"{sorted(k for k in contents if not k.startswith('__'))}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openpyxl
+from openpyxl.utils.exceptions import InvalidFileException
 import tensorflow_datasets as tfds
 
 from dpiqa_jax.data.builders import base
@@ -42,7 +44,8 @@ Download SPAQ (links at {HOMEPAGE}). The manual directory must hold:
         labels = []
         for line, row in read_xlsx_rows(xlsx_path, (NAME_COLUMN, "MOS") + ATTRIBUTE_COLUMNS):
             where = f"{xlsx_path} row {line}"
-            extras = {column.lower(): base.parse_float(row[column], f"{where} {column}")
+            extras = {column.lower(): base.parse_float(row[column], f"{where} {column}",
+                                                       *self.MOS_RANGE)
                       for column in ATTRIBUTE_COLUMNS}
             mos = base.parse_float(row["MOS"], f"{where} MOS")
             labels.append(self._labeled_image(str(row[NAME_COLUMN]), manual_dir / IMAGE_DIR, mos,
@@ -68,7 +71,10 @@ def read_xlsx_rows(path: Path, required_columns: tuple[str, ...]
 
     Rows whose cells are all empty (Excel's trailing formatting) are not rows of data.
     """
-    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, InvalidFileException) as e:
+        raise ValueError(f"{path}: not a readable .xlsx workbook ({e})") from None
     try:
         rows = workbook.worksheets[0].iter_rows(values_only=True)
         header = [str(cell).strip() if cell is not None else "" for cell in next(rows, ())]
