@@ -53,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "map_size": 64,
         "map_channels": 8,
         "hidden": 512,
+        # The backbone's BatchNorm momentum (torch convention); None: the pretrained weights' own.
+        "bn_momentum": None,
     })
     config.loss = ml_collections.ConfigDict({"score_weight": 1.0, "map_weight": 1.0})
     # The trained teacher: a bundle directory (its best_model/). 'random_tiny' (tiny variant

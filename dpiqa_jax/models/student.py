@@ -38,6 +38,9 @@ class StudentConfig:
       hidden: width of `fc1` and `fc2`.
       stochastic_depth: the backbone's stochastic depth in training; off only where random draws
         cannot be shared (parity with PyTorch).
+      bn_momentum: the backbone's BatchNorm momentum in torch's convention (weight of the new
+        batch statistic); None keeps the backbone's own (what its pretrained weights were trained
+        with). A larger one lets the running statistics follow inputs unlike the pretraining's.
     """
 
     backbone: str = "b7"
@@ -45,6 +48,7 @@ class StudentConfig:
     map_channels: int = 8
     hidden: int = 512
     stochastic_depth: bool = True
+    bn_momentum: float | None = None
 
 
 class TorchConvTranspose2d(nn.Module):
@@ -112,6 +116,8 @@ class Student(nn.Module):
         backbone = efficientnet_config(config.backbone)
         if not config.stochastic_depth:
             backbone = dataclasses.replace(backbone, stochastic_depth_prob=0.0)
+        if config.bn_momentum is not None:
+            backbone = dataclasses.replace(backbone, bn_momentum=config.bn_momentum)
         features = EfficientNet(backbone, dtype=self.dtype,
                                 param_dtype=self.param_dtype, name="base_model")(x, train, mask)
         quality_map = nn.relu(TorchConvTranspose2d(config.map_channels, dtype=self.dtype,

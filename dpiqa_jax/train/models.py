@@ -98,7 +98,7 @@ def teacher_config(config: ml_collections.ConfigDict) -> TeacherConfig:
 def student_config(config: ml_collections.ConfigDict) -> StudentConfig:
     s = config.student
     return StudentConfig(backbone=s.backbone, map_size=s.map_size, map_channels=s.map_channels,
-                         hidden=s.hidden)
+                         hidden=s.hidden, bn_momentum=s.get("bn_momentum"))
 
 
 def attention_kernel(config: ml_collections.ConfigDict) -> AttentionKernel:
