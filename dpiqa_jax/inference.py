@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax.models import fold
+from dpiqa_jax.models.efficientnet import efficientnet_config
 from dpiqa_jax.sd.attention import AttentionKernel
 
 BEST_MODEL_SUBDIR = "best_model"
@@ -134,6 +136,17 @@ def build_module(model_bundle: bundle_lib.Bundle, *, latent: str = "mean",
         raise ValueError(f"latent={latent!r} applies to the teacher only; this is a "
                          f"{model_bundle.kind} model")
     return bundle_lib.build_model("student", config, dtype=dtype)
+
+
+def inference_variables(model_bundle: bundle_lib.Bundle) -> Any:
+    """The variables the bundle's model scores with: a student's BatchNorms folded into the
+    convolutions before them (`models.fold`: the same function up to float32 rounding, one add
+    per BatchNorm instead of four operations), a teacher's as they are."""
+    if model_bundle.kind != "student":
+        return model_bundle.variables
+    config = bundle_lib.model_config_from_dict("student", model_bundle.model_config)
+    return fold.fold_batch_norms(model_bundle.variables,
+                                 efficientnet_config(config.backbone).bn_eps)
 
 
 def apply_model(module: Any, variables: Any, prompts: jax.Array | None, images: jax.Array,

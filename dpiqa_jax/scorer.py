@@ -351,7 +351,8 @@ class Scorer:
         side = int(image_size or model_bundle.image_size)
         self.image_config = image_lib.ImageConfig(height=side, width=side, max_pixels=max_pixels)
         self.module = inference.build_module(model_bundle, latent=latent, dtype=dtype)
-        self._variables = inference.cast_floats(model_bundle.variables, dtype)
+        self._variables = inference.cast_floats(inference.inference_variables(model_bundle),
+                                                dtype)
         self._prompts = (None if model_bundle.prompts is None
                          else inference.to_device(model_bundle.prompts, dtype))
         self._seed = seed

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from dpiqa_jax.models.fold import identity_variance
+
 Array = np.ndarray
 
 # A protobuf message cannot exceed 2 GiB; a B7 student is about 325 MB.
@@ -465,19 +467,6 @@ class _Student:
 
 def _zeros_if_none(bias: Array | None, channels: int) -> Array:
     return np.zeros((channels,), np.float32) if bias is None else bias
-
-
-def identity_variance(eps: float) -> np.float32:
-    """The float32 v closest to 1 - eps with fl32(v + fl32(eps)) == 1 exactly."""
-    eps32 = np.float32(eps)
-    var = np.float32(1.0) - eps32
-    while var + eps32 > np.float32(1.0):
-        var = np.nextafter(var, np.float32(0.0))
-    while var + eps32 < np.float32(1.0):
-        var = np.nextafter(var, np.float32(2.0))
-    if var + eps32 != np.float32(1.0):
-        raise ValueError(f"no float32 variance makes BatchNorm with eps {eps} an exact identity")
-    return var
 
 
 def _identity_batch_norm(bias: Array, eps: float) -> dict[str, Array]:
