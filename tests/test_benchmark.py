@@ -141,6 +141,35 @@ def test_record_derives_tflops_and_mfu():
     assert line["weights"] == "random"
 
 
+def test_onnxruntime_line_runs_the_exported_student():
+    lines = run_launcher("--size=tiny", "--only=student_infer", "--onnxruntime", "--ratio",
+                         "--steps=2", "--warmup=1", "--onnxruntime_threads=1")
+    records = {r["framework"]: r for r in lines if "framework" in r}
+    assert sorted(records) == ["jax", "onnxruntime"]
+    ours, theirs = records["jax"], records["onnxruntime"]
+    assert ours["batch_norm"] == "folded"
+    assert COMMON_KEYS <= set(theirs) and theirs["onnxruntime_threads"] == 1
+    assert theirs["batch"] == 2 and theirs["resolution"] == 64 and theirs["img_per_s"] > 0
+    assert theirs["flops_per_image"] == ours["flops_per_image"]
+    (ratio,) = [r for r in lines if "speedup_vs_onnxruntime" in r]
+    assert math.isclose(ratio["speedup_vs_onnxruntime"],
+                        ours["img_per_s"] / theirs["img_per_s"], rel_tol=1e-9)
+
+
+def test_onnxruntime_needs_student_infer_and_student_map_size_a_student_only_run():
+    script = ("from absl import app\nfrom launch import benchmark\n"
+              "app.run(benchmark.main, argv=['benchmark', '--only=teacher_infer', "
+              "'--onnxruntime'])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode != 0 and "--onnxruntime measures student_infer" in result.stderr
+    size = benchmark.benchmark_size("full", resolution=224, student_backbone="lite0",
+                                    student_map_size=64)
+    assert size.student.map_size == 64 and size.resolution == 224
+    with pytest.raises(ValueError, match="multiple of 64"):
+        benchmark.benchmark_size("full", resolution=224)
+
+
 def test_speedups_pair_frameworks_per_measurement():
     records = [_record("jax", "teacher_infer", 150.0), _record("torch", "teacher_infer", 75.0),
                _record("jax", "student_infer", 10.0)]
