@@ -388,21 +388,22 @@ def teacher_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int
 
 
 def student_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int) -> Program:
-    """`Student` in inference mode on `dtype` params, as scoring runs it: BatchNorms folded into
-    the convolutions (`models.fold`, `inference.inference_variables`)."""
+    """`Student` in inference mode on `dtype` weights compiled as scoring compiles them
+    (`inference.student_forward`): BatchNorms folded into the convolutions (`models.fold`), the
+    variables closed over as constants; the whole batch in one call (scoring runs the same
+    program one image at a time, for results independent of the batch)."""
     inputs = jax.device_put(random_inputs(size, batch, seed))
     module = Student(size.student, dtype=jnp.dtype(dtype))
     variables = fold.fold_batch_norms(_host_student_variables(module, inputs, seed),
                                       efficientnet_config(size.student.backbone).bn_eps)
-    variables = jax.device_put({"params": cast_floating(variables["params"], dtype),
-                                "batch_stats": variables["batch_stats"]})
+    constants = jax.tree.map(np.asarray, {"params": cast_floating(variables["params"], dtype),
+                                          "batch_stats": variables["batch_stats"]})
 
-    def infer(variables, images):
-        return module.apply(variables, images, train=False)
+    def infer(images):
+        return module.apply(constants, images, train=False)
 
-    compiled, seconds = _aot_compile(infer, variables, inputs["image"])
-    return Program(compiled, seconds, lambda: jax.block_until_ready(
-        compiled(variables, inputs["image"])))
+    compiled, seconds = _aot_compile(infer, inputs["image"])
+    return Program(compiled, seconds, lambda: jax.block_until_ready(compiled(inputs["image"])))
 
 
 def _donating_loop(compiled: Any, state: Any, frozen: Any, batch: Any) -> Callable[[], Any]:
@@ -576,7 +577,8 @@ def measure_onnxruntime(settings: RunSettings, threads: int) -> Record:
 
 def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
     if measurement == STUDENT_INFER:
-        return {"student_backbone": settings.size.student.backbone, "batch_norm": "folded"}
+        return {"student_backbone": settings.size.student.backbone, "batch_norm": "folded",
+                "weights_as": "constants"}
     if measurement.startswith("student"):
         return {"student_backbone": settings.size.student.backbone}
     return {"context_tokens": settings.size.num_prompts,
