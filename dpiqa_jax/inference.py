@@ -7,6 +7,8 @@
 * `forward`: a batch of model inputs -> (raw [B], quality map [B, h, w, C]), one image at a time
   inside one compiled program, so an image's result does not depend on its batch neighbours or on
   how far the batch was padded.
+* `inference_variables`: the variables a model scores with (a student's BatchNorms folded).
+* `student_forward`: `forward` for one student with its weights compiled in as constants.
 * `bucket_size`: how far a batch is padded (the next of 1, 2, 4, ... up to the batch size), so a
   run compiles a handful of programs and a lone image does one image's work.
 """
@@ -168,7 +170,8 @@ def forward(variables, prompts, images, image_seeds, base_seed, *, module, sampl
     one-image computation, so an image's outputs are bit-identical whatever its neighbours, its
     position and the padding, and the activations in memory are one image's.
     `base_seed` is traced, so scorers differing in seed share the compiled program; keyed on the
-    (hashable) module, scorers of the same architecture share one program per batch shape.
+    (hashable) module, scorers of the same architecture share one program per batch shape (a
+    scorer runs a student through `student_forward` instead).
     """
     base = jax.random.key(base_seed)
 
@@ -187,7 +190,7 @@ def student_forward(module: Any, variables: Any) -> Any:
 
     XLA then does at compile time what depends on the weights alone (the folded BatchNorms'
     identity arithmetic, each kernel's layout) instead of on every call: on a 2-core CPU, Lite0 at
-    224x224 scores ~18% more images/s (measured beside ONNX Runtime, dev notes in the README).
+    224x224 scores ~18% more images/s (measured beside ONNX Runtime: the README's CPU table).
     The programs belong to this one model (not shared between scorers as `forward`'s are).
     """
     constants = jax.tree.map(np.asarray, variables)  # host arrays become literals, not arguments
