@@ -100,14 +100,13 @@ def test_inference_and_input_pipeline_lines_for_both_frameworks():
 
 
 def test_keep_going_reports_a_failed_framework_and_exits_1():
-    """The torch reference has no EfficientNet-Lite (ReLU6, no SE): its line is an error."""
-    lines = run_launcher("--size=tiny", "--torch", "--keep_going", "--only=student_infer",
-                         "--student_backbone=lite0", "--steps=1", "--warmup=0",
-                         expected_status=1)
-    jax_line, torch_line = lines
+    """The ONNX export is float32 only: in a bfloat16 run its line is an error."""
+    lines = run_launcher("--size=tiny", "--onnxruntime", "--keep_going", "--only=student_infer",
+                         "--dtype=bfloat16", "--steps=1", "--warmup=0", expected_status=1)
+    jax_line, onnx_line = lines
     assert jax_line["framework"] == "jax" and jax_line["img_per_s"] > 0
-    assert jax_line["student_backbone"] == "lite0"
-    assert torch_line["framework"] == "torch" and "lite0" in torch_line["error"]
+    assert jax_line["dtype"] == "bfloat16"
+    assert onnx_line["framework"] == "onnxruntime" and "float32" in onnx_line["error"]
 
 
 @pytest.mark.slow
