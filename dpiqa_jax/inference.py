@@ -7,6 +7,8 @@
 * `forward`: a batch of model inputs -> (raw [B], quality map [B, h, w, C]), one image at a time
   inside one compiled program, so an image's result does not depend on its batch neighbours or on
   how far the batch was padded.
+* `inference_variables`: the variables a model scores with (a student's BatchNorms folded).
+* `student_forward`: `forward` for one student with its weights compiled in as constants.
 * `bucket_size`: how far a batch is padded (the next of 1, 2, 4, ... up to the batch size), so a
   run compiles a handful of programs and a lone image does one image's work.
 """
@@ -23,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax.models import fold
+from dpiqa_jax.models.efficientnet import efficientnet_config
 from dpiqa_jax.primitives.dtypes import cast_floating
 from dpiqa_jax.sd.attention import AttentionKernel
 
@@ -132,6 +136,17 @@ def build_module(model_bundle: bundle_lib.Bundle, *, latent: str = "mean",
     return bundle_lib.build_model("student", config, dtype=dtype)
 
 
+def inference_variables(model_bundle: bundle_lib.Bundle) -> Any:
+    """The variables the bundle's model scores with: a student's BatchNorms folded into the
+    convolutions before them (`models.fold`: the same function up to float32 rounding, one add
+    per BatchNorm instead of four operations), a teacher's as they are."""
+    if model_bundle.kind != "student":
+        return model_bundle.variables
+    config = bundle_lib.model_config_from_dict("student", model_bundle.model_config)
+    return fold.fold_batch_norms(model_bundle.variables,
+                                 efficientnet_config(config.backbone).bn_eps)
+
+
 def apply_model(module: Any, variables: Any, prompts: jax.Array | None, images: jax.Array,
                 rngs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Teacher or student inference: images [B, H, W, 3] -> (raw [B], quality map [B, h, w, C]).
@@ -151,7 +166,8 @@ def forward(variables, prompts, images, image_seeds, base_seed, *, module, sampl
     one-image computation, so an image's outputs are bit-identical whatever its neighbours, its
     position and the padding, and the activations in memory are one image's.
     `base_seed` is traced, so scorers differing in seed share the compiled program; keyed on the
-    (hashable) module, scorers of the same architecture share one program per batch shape.
+    (hashable) module, scorers of the same architecture share one program per batch shape (a
+    scorer runs a student through `student_forward` instead).
     """
     base = jax.random.key(base_seed)
 
@@ -162,6 +178,27 @@ def forward(variables, prompts, images, image_seeds, base_seed, *, module, sampl
         return raw[0], quality_map[0]
 
     return jax.lax.map(one, (images, image_seeds))
+
+
+def student_forward(module: Any, variables: Any) -> Any:
+    """`forward` for one student, its variables compiled into the program as constants:
+    images [B, H, W, 3] -> (raw [B], quality map [B, h, w, C]), one image at a time as `forward`.
+
+    XLA then does at compile time what depends on the weights alone (the folded BatchNorms'
+    identity arithmetic, each kernel's layout) instead of on every call: on a 2-core CPU, Lite0 at
+    224x224 scores ~18% more images/s (measured beside ONNX Runtime: the README's CPU table).
+    The programs belong to this one model (not shared between scorers as `forward`'s are).
+    """
+    constants = jax.tree.map(np.asarray, variables)  # host arrays become literals, not arguments
+
+    @jax.jit
+    def run(images):
+        def one(image):
+            raw, quality_map = module.apply(constants, image[None], train=False)
+            return raw[0], quality_map[0]
+        return jax.lax.map(one, images)
+
+    return run
 
 
 def bucket_sizes(batch_size: int) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax.models.fold import batch_norm_factor
 
 Array = np.ndarray
 
@@ -163,9 +164,10 @@ def fold_batch_norm(state_dict: Mapping[str, Array], key: str, eps: float
     """Conv `{key}.0` + BatchNorm `{key}.1` (eval) -> float32 (weight [O, I, k, k], bias [O]),
     computed in float64 so the fold adds one float32 rounding per value."""
     weight = np.asarray(state_dict[f"{key}.0.weight"], np.float64)
-    gamma, beta, mean, var = (np.asarray(state_dict[f"{key}.1.{leaf}"], np.float64)
-                              for leaf in ("weight", "bias", "running_mean", "running_var"))
-    factor = gamma / np.sqrt(var + np.float64(np.float32(eps)))
+    beta, mean = (np.asarray(state_dict[f"{key}.1.{leaf}"], np.float64)
+                  for leaf in ("bias", "running_mean"))
+    factor = batch_norm_factor(state_dict[f"{key}.1.weight"], state_dict[f"{key}.1.running_var"],
+                               eps)
     return ((weight * factor[:, None, None, None]).astype(np.float32),
             (beta - mean * factor).astype(np.float32))
 

@@ -351,9 +351,12 @@ class Scorer:
         side = int(image_size or model_bundle.image_size)
         self.image_config = image_lib.ImageConfig(height=side, width=side, max_pixels=max_pixels)
         self.module = inference.build_module(model_bundle, latent=latent, dtype=dtype)
-        self._variables = inference.cast_floats(model_bundle.variables, dtype)
+        self._variables = inference.cast_floats(inference.inference_variables(model_bundle),
+                                                dtype)
         self._prompts = (None if model_bundle.prompts is None
                          else inference.to_device(model_bundle.prompts, dtype))
+        self._student_forward = (inference.student_forward(self.module, self._variables)
+                                 if self.kind == "student" else None)
         self._seed = seed
         self._workers = preprocess_workers or max(1, min(batch_size, os.cpu_count() or 1))
 
@@ -389,6 +392,8 @@ class Scorer:
         for row, array in enumerate(arrays):
             batch[row] = array
             seeds[row] = image_seed(array) if sample else 0
+        if self._student_forward is not None:
+            return self._student_forward(batch)
         return inference.forward(self._variables, self._prompts, batch, seeds,
                                  np.uint32(self._seed), module=self.module, sample_latent=sample)
 

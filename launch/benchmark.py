@@ -22,6 +22,22 @@ dpiqa_jax.sd.attention.AttentionKernel; the default is the training configs'). `
 {"measurement", "speedup": jax img/s / torch img/s} lines. `--keep_going` reports a failed
 measurement as {"measurement", "framework", "error"} and goes on (exit status 1).
 
+`--onnxruntime` (needs onnx and onnxruntime) adds a student_infer line with `framework`
+"onnxruntime": the same random student exported by `dpiqa_jax.onnx_export`, run by ONNX Runtime's
+CPU provider on the same images (NCHW) with --onnxruntime_threads intra-op threads; `--ratio` then
+adds {"measurement", "speedup_vs_onnxruntime"} lines. The CPU table of the README (JAX, PyTorch
+eager, ONNX Runtime; B7 at 512, Lite0 at 224 with the authors' 64x64 map; batch 1 and 8):
+
+  for b in 1 8; do
+    python -m launch.benchmark --size=full --only=student_infer --torch --onnxruntime --ratio \
+      --batch_size=$b --steps=3 --warmup=1
+    python -m launch.benchmark --size=full --only=student_infer --torch --onnxruntime --ratio \
+      --batch_size=$b --student_backbone=lite0 --resolution=224 --student_map_size=64
+  done
+
+The JAX student_infer line runs the student as scoring does, its BatchNorms folded into the
+convolutions (`batch_norm`: "folded").
+
 `--torch` (needs requirements-dev.txt) runs the same work in PyTorch in this process, before the
 JAX program of each measurement; JAX then does not preallocate GPU memory
 (XLA_PYTHON_CLIENT_PREALLOCATE=false unless set) so that both fit. For a per-program JAX
@@ -48,7 +64,12 @@ _ONLY = flags.DEFINE_list("only", list(benchmark.MEASUREMENTS),
                           f"Measurements to run, of {benchmark.MEASUREMENTS}.")
 _TORCH = flags.DEFINE_bool("torch", False, "Also run each model measurement in PyTorch.")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "torch.compile the PyTorch models.")
-_RATIO = flags.DEFINE_bool("ratio", False, "Print jax / torch img/s per measurement.")
+_ONNXRUNTIME = flags.DEFINE_bool("onnxruntime", False, "Also run student_infer in ONNX Runtime "
+                                 "(CPU) on the student exported to ONNX.")
+_ONNXRUNTIME_THREADS = flags.DEFINE_integer("onnxruntime_threads", os.cpu_count() or 1,
+                                            "ONNX Runtime intra-op threads.", lower_bound=1)
+_RATIO = flags.DEFINE_bool("ratio", False, "Print jax / torch (and jax / onnxruntime) img/s "
+                            "per measurement.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before the timed ones.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Images per step for every measurement; 0: the "
@@ -56,7 +77,11 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Images per step for every measur
 cli.rename("batch", "batch_size")
 _RESOLUTION = flags.DEFINE_integer("resolution", 0, "Image side (multiple of 64); 0: the size's.")
 _STUDENT_BACKBONE = flags.DEFINE_string("student_backbone", "",
-                                        "EfficientNet of the student (b0..b7); '': the size's.")
+                                        "EfficientNet of the student (b0..b7, lite0..lite2); '': "
+                                        "the size's.")
+_STUDENT_MAP_SIZE = flags.DEFINE_integer("student_map_size", 0, "Side of the student's quality "
+                                         "map (student-only runs; the resolution may then be any "
+                                         "multiple of 32); 0: resolution / 8.", lower_bound=0)
 _DTYPE = flags.DEFINE_enum("dtype", "auto", benchmark.DTYPES,
                            "Compute dtype; auto: bfloat16 on accelerators, float32 on CPU.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0,
@@ -120,12 +145,16 @@ def model_records(measurement: str, settings: benchmark.RunSettings) -> list[ben
             measurement, settings, compile_model=_TORCH_COMPILE.value))
     jax_record = _measured(measurement, "jax",
                            lambda: benchmark.measure_jax(measurement, settings))
-    if torch_record is None:
-        return [jax_record]
-    if isinstance(jax_record, benchmark.Record) and isinstance(torch_record, benchmark.Record):
-        torch_record.flops_per_image = jax_record.flops_per_image
-        torch_record.extra["flops_source"] = jax_record.extra["flops_source"]
-    return [jax_record, torch_record]
+    others = [] if torch_record is None else [torch_record]
+    if _ONNXRUNTIME.value and measurement == benchmark.STUDENT_INFER:
+        others.append(_measured(measurement, benchmark.ONNXRUNTIME, lambda: (
+            benchmark.measure_onnxruntime(settings, _ONNXRUNTIME_THREADS.value))))
+    if isinstance(jax_record, benchmark.Record):
+        for other in others:  # same model, same work: the count of the JAX program
+            if isinstance(other, benchmark.Record):
+                other.flops_per_image = jax_record.flops_per_image
+                other.extra["flops_source"] = jax_record.extra["flops_source"]
+    return [jax_record, *others]
 
 
 def _measured(measurement: str, framework: str, measure: Callable[[], benchmark.Record]
@@ -199,10 +228,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     measurements = check_measurements(_ONLY.value)
+    if _ONNXRUNTIME.value and benchmark.STUDENT_INFER not in measurements:
+        raise app.UsageError(f"--onnxruntime measures {benchmark.STUDENT_INFER} only; add it "
+                             f"to --only")
+    if _STUDENT_MAP_SIZE.value and any(m.startswith("teacher") for m in measurements):
+        raise app.UsageError("--student_map_size is for student-only runs (the teacher's map is "
+                             "resolution / 8)")
     if _TORCH.value:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
-                                    student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value)
+                                    student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value,
+                                    student_map_size=_STUDENT_MAP_SIZE.value)
     teacher_training = cli.config_module("teacher").get_config("koniq10k")
     settings = benchmark.RunSettings(
         size=size, dtype=benchmark.compute_dtype(_DTYPE.value, benchmark.jax_platform()),

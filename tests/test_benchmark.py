@@ -16,7 +16,7 @@ import pytest
 
 from dpiqa_jax.dev import benchmark
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_module
 
 COMMON_KEYS = {"measurement", "framework", "batch", "resolution", "img_per_s", "step_ms",
                "steps", "compile_s", "peak_memory_bytes", "peak_memory_kind", "flops_per_image",
@@ -100,14 +100,13 @@ def test_inference_and_input_pipeline_lines_for_both_frameworks():
 
 
 def test_keep_going_reports_a_failed_framework_and_exits_1():
-    """The torch reference has no EfficientNet-Lite (ReLU6, no SE): its line is an error."""
-    lines = run_launcher("--size=tiny", "--torch", "--keep_going", "--only=student_infer",
-                         "--student_backbone=lite0", "--steps=1", "--warmup=0",
-                         expected_status=1)
-    jax_line, torch_line = lines
+    """The ONNX export is float32 only: in a bfloat16 run its line is an error."""
+    lines = run_launcher("--size=tiny", "--onnxruntime", "--keep_going", "--only=student_infer",
+                         "--dtype=bfloat16", "--steps=1", "--warmup=0", expected_status=1)
+    jax_line, onnx_line = lines
     assert jax_line["framework"] == "jax" and jax_line["img_per_s"] > 0
-    assert jax_line["student_backbone"] == "lite0"
-    assert torch_line["framework"] == "torch" and "lite0" in torch_line["error"]
+    assert jax_line["dtype"] == "bfloat16"
+    assert onnx_line["framework"] == "onnxruntime" and "float32" in onnx_line["error"]
 
 
 @pytest.mark.slow
@@ -139,6 +138,31 @@ def test_record_derives_tflops_and_mfu():
     assert line["tflops"] == pytest.approx(200.0, rel=1e-12)
     assert line["mfu"] == pytest.approx(200.0 / 989.0, rel=1e-12)
     assert line["weights"] == "random"
+
+
+def test_onnxruntime_line_runs_the_exported_student():
+    lines = run_launcher("--size=tiny", "--only=student_infer", "--onnxruntime", "--ratio",
+                         "--steps=2", "--warmup=1", "--onnxruntime_threads=1")
+    records = {r["framework"]: r for r in lines if "framework" in r}
+    assert sorted(records) == ["jax", "onnxruntime"]
+    ours, theirs = records["jax"], records["onnxruntime"]
+    assert ours["batch_norm"] == "folded"
+    assert COMMON_KEYS <= set(theirs) and theirs["onnxruntime_threads"] == 1
+    assert theirs["batch"] == 2 and theirs["resolution"] == 64 and theirs["img_per_s"] > 0
+    assert theirs["flops_per_image"] == ours["flops_per_image"]
+    (ratio,) = [r for r in lines if "speedup_vs_onnxruntime" in r]
+    assert math.isclose(ratio["speedup_vs_onnxruntime"],
+                        ours["img_per_s"] / theirs["img_per_s"], rel_tol=1e-9)
+
+
+def test_onnxruntime_needs_student_infer_and_student_map_size_a_student_only_run():
+    result = run_module("launch.benchmark", "--only=teacher_infer", "--onnxruntime")
+    assert result.returncode != 0 and "--onnxruntime measures student_infer" in result.stderr
+    size = benchmark.benchmark_size("full", resolution=224, student_backbone="lite0",
+                                    student_map_size=64)
+    assert size.student.map_size == 64 and size.resolution == 224
+    with pytest.raises(ValueError, match="multiple of 64"):
+        benchmark.benchmark_size("full", resolution=224)
 
 
 def test_speedups_pair_frameworks_per_measurement():

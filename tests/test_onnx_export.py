@@ -57,9 +57,30 @@ def _random_b_student(backbone: str, side: int) -> tuple[StudentConfig, dict]:
 
 
 def _random_head(config: StudentConfig, side: int) -> dict:
-    """Seeded random student variables (the backbone's get replaced)."""
-    return jax.tree.map(np.asarray, Student(config).init(
-        jax.random.key(3), jnp.zeros((1, side, side, 3)), train=False))
+    """Seeded random student variables: kernels N(0, 1 / fan_in), biases and BatchNorm shifts
+    N(0, 0.1), BatchNorm scales and variances in [0.5, 2]. Drawn with numpy from the shapes, as
+    `Student.init` would take long to compile."""
+    abstract = jax.eval_shape(lambda: Student(config).init(
+        jax.random.key(0), jnp.zeros((1, side, side, 3)), train=False))
+    rng = np.random.default_rng(3)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = np.prod(leaf.shape[:-1])
+            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
+        return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.fixture(scope="module")
+def b0_student() -> tuple[StudentConfig, dict]:
+    """One random B0 student at 64x64 for the tests of refusals and of the command line."""
+    config = StudentConfig(backbone="b0", hidden=HIDDEN)
+    return config, _random_head(config, 64)
 
 
 def _lite0_student(side: int) -> dict:
@@ -132,9 +153,8 @@ def test_exported_student_matches_jax_in_onnxruntime(tmp_path, backbone, side):
     _check_against_jax(_jax_outputs(reread, images), path, images)
 
 
-def test_teacher_and_unsupported_options_are_refused(tmp_path):
-    config = StudentConfig(backbone="b0", hidden=HIDDEN)
-    student = _bundle(config, _random_head(config, 64), 64)
+def test_teacher_and_unsupported_options_are_refused(tmp_path, b0_student):
+    student = _bundle(*b0_student, 64)
     with pytest.raises(ValueError, match="float32 only"):
         onnx_export.export_onnx(student, str(tmp_path / "s.onnx"), dtype=jnp.bfloat16)
     teacher = bundle_lib.Bundle("teacher", {}, {}, prompts=np.zeros((1, 4), np.float32))
@@ -145,10 +165,9 @@ def test_teacher_and_unsupported_options_are_refused(tmp_path):
         onnx_export.export_onnx(unscaled, str(tmp_path / "u.onnx"))
 
 
-def test_export_cli_writes_onnx_and_refuses_options(tmp_path):
-    config = StudentConfig(backbone="b0", hidden=HIDDEN)
-    bundle_dir = bundle_lib.save_bundle(str(tmp_path / "student"), "student", config,
-                                        _random_head(config, 64),
+def test_export_cli_writes_onnx_and_refuses_options(tmp_path, b0_student):
+    config, variables = b0_student
+    bundle_dir = bundle_lib.save_bundle(str(tmp_path / "student"), "student", config, variables,
                                         metadata={"mos_scale": 100.0, "image_size": 64})
     out = str(tmp_path / "student.onnx")
     completed = run_module("launch.export", "--checkpoint", bundle_dir, "--format", "onnx",

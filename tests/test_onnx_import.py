@@ -115,10 +115,72 @@ def test_folded_batch_norm_is_an_exact_identity_plus_bias(imported):
     np.testing.assert_array_equal(np.asarray(y), x + np.asarray(stem_bn["bias"]))
 
 
-@pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.1])
-def test_identity_variance_makes_var_plus_eps_exactly_one(eps):
-    var = onnx_student.identity_variance(eps)
-    assert var + np.float32(eps) == np.float32(1.0)
+def _pad_before_conv(layers: torch.nn.Sequential, value: float = 0.0,
+                     pad: type = torch.nn.ConstantPad2d) -> None:
+    """layers[0] (a Conv2d with padding p) becomes Pad(p) -> Conv2d without padding."""
+    conv = layers[0]
+    amount = conv.padding[0]
+    conv.padding = (0, 0)
+    layers[0] = torch.nn.Sequential(pad(amount) if pad is not torch.nn.ConstantPad2d
+                                    else pad(amount, value), conv)
+
+
+def _variant_onnx(tmp_path, *, pad_value: float = 0.0, pad: type = torch.nn.ConstantPad2d,
+                  resize_by_scale: bool = False) -> tuple[str, torch.nn.Module]:
+    """The authors' B0 student with the stem and the first depthwise conv padded by a Pad layer
+    and optionally the map resized by a scale factor, exported as they export."""
+    torch.manual_seed(0)
+    model = TorchAuthorsStudent("b0", SIDE, hidden=HIDDEN, resize_by_scale=resize_by_scale)
+    features = model.base_model.features
+    for layers in (features[0], features[1][0].block[0]):
+        _pad_before_conv(layers, pad_value, pad)
+    model = randomize_batch_norms(model, seed=1,
+                                  calibration_images=torch.from_numpy(_nchw(_photos(SIDE))))
+    path = str(tmp_path / "variant.onnx")
+    export_like_the_authors(model, path, SIDE)
+    return path, model
+
+
+def test_zero_pads_and_a_resize_by_scales_import_and_score_as_onnxruntime(tmp_path):
+    path, _ = _variant_onnx(tmp_path, resize_by_scale=True)
+    model = onnx.load(path)
+    ops = [node.op_type for node in model.graph.node]
+    resize = next(node for node in model.graph.node if node.op_type == "Resize")
+    assert ops.count("Pad") == 2 and resize.input[2] and len(resize.input) == 3  # by scales
+    imported = bundle_lib.load_bundle(onnx_student.import_onnx_student(
+        path, str(tmp_path / "bundle")))
+    images = _photos(SIDE)
+    score, quality_map = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"input": _nchw(images)})
+    raw, our_map = _jax_outputs(imported, images)
+    _assert_close(raw, score[:, 0], "score")
+    _assert_close(our_map, quality_map, "map")
+    assert np.ptp(score) > 1e-3
+
+
+@pytest.mark.parametrize("value, pad", [(0.5, torch.nn.ConstantPad2d),
+                                        (0.0, torch.nn.ReflectionPad2d)],
+                         ids=["non-zero value", "reflection"])
+def test_a_pad_that_is_not_zero_padding_is_refused(tmp_path, value, pad):
+    path, _ = _variant_onnx(tmp_path, pad_value=value, pad=pad)
+    with pytest.raises(onnx_student.OnnxStudentError, match=r"Pad node .*expected zeros added"):
+        onnx_student.read_onnx_student(path)
+
+
+@pytest.mark.parametrize("scale, message", [
+    (15.25, r"fc1.* reads 32768 features, the map before it has 29768"),  # 4 x 15.25 = 61
+    (15.3, r"Resize node .* by \[1\.0, 1\.0, 15\.3"),  # 4 x 15.3: no whole side
+])
+def test_a_resize_by_scales_off_the_map_size_is_refused(tmp_path, scale, message):
+    path, _ = _variant_onnx(tmp_path, resize_by_scale=True)
+
+    def mutate(model):
+        resize = next(node for node in model.graph.node if node.op_type == "Resize")
+        constant = next(node for node in model.graph.node if node.output[0] == resize.input[2])
+        constant.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(
+            np.array([1, 1, scale, scale], np.float32)))
+    with pytest.raises(onnx_student.OnnxStudentError, match=message):
+        onnx_student.read_onnx_student(_mutated(path, tmp_path, mutate))
 
 
 def _mutated(path, tmp_path, mutate):

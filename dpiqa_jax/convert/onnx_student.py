@@ -13,7 +13,11 @@ torch's exporter in eval mode folds every BatchNorm into the convolution before 
 a new bias). The folded weight and bias are carried exactly: the conv gets the folded weight and
 its BatchNorm becomes an exact identity (scale 1, mean 0, a variance v with fl32(v + eps) = 1, so
 rsqrt gives exactly 1) whose bias is the folded bias. An unfolded `BatchNormalization` node is
-carried as it is. The result is an authors'-layout state dict, mapped onto `Student` by the strict
+carried as it is. Two spellings of the same function are accepted as well: a `Pad` that adds
+zeros to height and width before a conv (folded into the conv's pads; its amounts may come from a
+small constant computation, as torch writes `F.pad`), and a nearest `Resize` given by `scales`
+whose factor turns the feature side into a whole map side exactly (instead of `sizes`).
+The result is an authors'-layout state dict, mapped onto `Student` by the strict
 converter of `dpiqa_jax.convert.efficientnet`.
 
 The file is hostile until checked: its size is bounded before parsing, external-data files must
@@ -29,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from dpiqa_jax.models.fold import identity_variance
+
 Array = np.ndarray
 
 # A protobuf message cannot exceed 2 GiB; a B7 student is about 325 MB.
@@ -42,6 +48,9 @@ AUTHORS_MOS_SCALE = 100.0  # the authors' head predicts MOS / 100
 # The first byte of a ModelProto written by onnx/torch: field 1 (ir_version), varint.
 _ONNX_FIRST_BYTE = 0x08
 _BATCH = "B"
+# The ops (and size) of the constant computations a Pad's amounts may come from.
+_CONSTANT_OPS = ("ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast")
+_SMALL_CONSTANT_ELEMENTS = 64
 _CANDIDATE_BACKBONES = tuple(f"b{i}" for i in range(8)) + ("lite0", "lite1", "lite2")
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Slice", "Cast", "Squeeze", "Constant",
               "Identity")
@@ -290,6 +299,62 @@ def _evaluate_shape(walk: _Walk, tensor: str, shapes: dict[str, list]) -> list:
     return inputs[0][slice(starts, ends, steps)]
 
 
+def _small_constant(walk: _Walk, tensor: str, reader: Any, what: str) -> Array:
+    """The value of a small constant computation (torch writes a Pad's amounts as Constant ->
+    ConstantOfShape / Concat / Reshape / Slice / Transpose / Cast): numpy evaluation of at most
+    `_SMALL_CONSTANT_ELEMENTS` values per tensor, nothing else runs."""
+    index = walk.producer.get(tensor)
+    if tensor in walk.initializers or index is None or \
+            walk.nodes[index].op_type in ("Constant", "Identity"):
+        value = np.asarray(walk.constant(tensor, reader, what))
+    else:
+        node = walk.nodes[index]
+        if node.op_type not in _CONSTANT_OPS:
+            raise walk.fail(f"{walk.describe(index)} does not fit the student: expected a small "
+                            f"constant computation of the {what} of {reader.op_type} node "
+                            f"{reader.name!r}")
+        walk.matched.add(index)
+        inputs = [_small_constant(walk, name, node, what) if name else None
+                  for name in node.input]
+        value = _apply_constant_op(walk, node, inputs)
+    if value.size > _SMALL_CONSTANT_ELEMENTS:
+        raise walk.fail(f"the {what} of {reader.op_type} node {reader.name!r} has {value.size} "
+                        f"values, more than a small constant")
+    return value
+
+
+def _apply_constant_op(walk: _Walk, node: Any, inputs: list) -> Array:
+    attrs = walk.attrs(node)
+    if node.op_type == "ConstantOfShape":
+        shape = [int(v) for v in np.ravel(inputs[0])]
+        if any(v < 0 for v in shape) or int(np.prod(shape)) > _SMALL_CONSTANT_ELEMENTS:
+            raise walk.fail(f"{node.op_type} node {node.name!r}: shape {shape} is not small")
+        fill = attrs.get("value")
+        fill = np.zeros(1, np.float32) if fill is None else _onnx().numpy_helper.to_array(fill)
+        return np.full(shape, np.ravel(fill)[0], fill.dtype)
+    if node.op_type == "Concat":
+        return np.concatenate(inputs, axis=attrs.get("axis", 0))
+    if node.op_type == "Reshape":
+        target = [int(v) for v in np.ravel(inputs[1])]
+        if attrs.get("allowzero", 0) or 0 in target:
+            raise walk.fail(f"Reshape node {node.name!r}: reshape to {target} with zeros")
+        return inputs[0].reshape(target)
+    if node.op_type == "Transpose":
+        return np.transpose(inputs[0], attrs.get("perm"))
+    if node.op_type == "Cast":
+        target = _onnx().helper.tensor_dtype_to_np_dtype(attrs.get("to", 1))
+        return inputs[0].astype(target)
+    data, starts, ends = inputs[0], np.ravel(inputs[1]), np.ravel(inputs[2])  # Slice
+    axes = range(len(starts)) if len(inputs) < 4 or inputs[3] is None else np.ravel(inputs[3])
+    steps = [1] * len(starts) if len(inputs) < 5 or inputs[4] is None else np.ravel(inputs[4])
+    window = [slice(None)] * data.ndim
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        if int(step) == 0:
+            raise walk.fail(f"Slice node {node.name!r} has a zero step")
+        window[int(axis)] = slice(int(start), int(end), int(step))
+    return data[tuple(window)]
+
+
 # --------------------------------------------------------------------------- backbone
 
 
@@ -306,7 +371,9 @@ def _infer_backbone(walk: _Walk, input_name: str) -> str:
     from dpiqa_jax.models.efficientnet import efficientnet_config
 
     convs = [n for n in walk.nodes if n.op_type == "Conv"]
-    stems = [n for n in convs if n.input[0] == input_name]
+    stem_inputs = {input_name} | {n.output[0] for n in walk.nodes
+                                  if n.op_type == "Pad" and n.input[0] == input_name}
+    stems = [n for n in convs if n.input[0] in stem_inputs]
     transposes = [n for n in walk.nodes if n.op_type == "ConvTranspose"]
     if len(stems) != 1 or len(transposes) != 1:
         raise walk.fail(f"not a DP-IQA student graph: {len(stems)} Conv nodes read the input and "
@@ -369,14 +436,18 @@ class _Student:
         weight at `{key}.0`, BatchNorm at `{key}.1`; with `bias_only` (SE) weight and bias at
         `{key}`."""
         walk = self.walk
+        x, padded = _zero_padding(walk, x)
         node = walk.take(x, "Conv", f"{key} ({kernel}x{kernel} conv)")
         attrs = walk.attrs(node)
         expected = {"kernel_shape": [kernel, kernel], "strides": [stride, stride],
                     "dilations": [1, 1], "group": groups, "pads": self._padding(kernel, stride)}
+        own_pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
         found = {"kernel_shape": list(attrs.get("kernel_shape", [])),
                  "strides": list(attrs.get("strides", [1, 1])),
                  "dilations": list(attrs.get("dilations", [1, 1])),
-                 "group": attrs.get("group", 1), "pads": list(attrs.get("pads", [0, 0, 0, 0]))}
+                 "group": attrs.get("group", 1),
+                 "pads": [a + b for a, b in zip(own_pads, padded)] if len(own_pads) == 4
+                 else own_pads}
         if found != expected or _as_text(attrs.get("auto_pad", "NOTSET")) != "NOTSET":
             raise walk.fail(f"{walk.describe(walk.nodes.index(node))} does not fit {key}: "
                             f"attributes {found}, expected {expected}")
@@ -463,21 +534,31 @@ class _Student:
         return self.conv_bn_act(x, f"{prefix}.{config.head_index}", config.head_channels, 1)
 
 
+def _zero_padding(walk: _Walk, x: str) -> tuple[str, list[int]]:
+    """A Pad reading `x` that adds zeros to height and width only (torch's `F.pad` or
+    `ZeroPad2d` before a conv without padding): its output and its [top, left, bottom, right],
+    which the conv that follows adds to its own pads (the same sum, exactly). No Pad: (x, 0s)."""
+    if not walk.has_consumer(x, "Pad"):
+        return x, [0, 0, 0, 0]
+    node = walk.take(x, "Pad", "zero padding before a conv")
+    attrs = walk.attrs(node)
+    mode = _as_text(attrs.get("mode", "constant"))
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    pads = ([int(v) for v in np.ravel(_small_constant(walk, inputs[1], node, "pads"))]
+            if inputs[1] else [int(v) for v in attrs.get("pads", [])])
+    value = (_small_constant(walk, inputs[2], node, "constant value") if inputs[2]
+             else np.float32(attrs.get("value", 0.0)))
+    spatial = pads[2:4] + pads[6:8] if len(pads) == 8 else []
+    if mode != "constant" or inputs[3] or np.any(np.asarray(value) != 0) or len(pads) != 8 or \
+            pads[0:2] + pads[4:6] != [0, 0, 0, 0] or min(pads) < 0:
+        raise walk.fail(f"Pad node {node.name!r}: mode {mode!r}, pads {pads}, value "
+                        f"{np.ravel(value).tolist()}{', axes' if inputs[3] else ''}; expected "
+                        f"zeros added to height and width only, folded into the next Conv")
+    return node.output[0], spatial
+
+
 def _zeros_if_none(bias: Array | None, channels: int) -> Array:
     return np.zeros((channels,), np.float32) if bias is None else bias
-
-
-def identity_variance(eps: float) -> np.float32:
-    """The float32 v closest to 1 - eps with fl32(v + fl32(eps)) == 1 exactly."""
-    eps32 = np.float32(eps)
-    var = np.float32(1.0) - eps32
-    while var + eps32 > np.float32(1.0):
-        var = np.nextafter(var, np.float32(0.0))
-    while var + eps32 < np.float32(1.0):
-        var = np.nextafter(var, np.float32(2.0))
-    if var + eps32 != np.float32(1.0):
-        raise ValueError(f"no float32 variance makes BatchNorm with eps {eps} an exact identity")
-    return var
 
 
 def _identity_batch_norm(bias: Array, eps: float) -> dict[str, Array]:
@@ -548,32 +629,58 @@ def _nearest_resize(student: _Student, x: str, channels: int) -> tuple[str, int]
     attrs = {k: _as_text(v) for k, v in walk.attrs(resize).items()}
     expected = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                 "nearest_mode": "floor"}
+    inputs = list(resize.input) + [""] * (4 - len(resize.input))
     if any(attrs.get(k) != v for k, v in expected.items()) or attrs.get("antialias", 0) or \
-            attrs.get("exclude_outside", 0) or len(resize.input) != 4:
-        raise walk.fail(f"Resize node {resize.name!r} has {attrs}; expected torch's nearest "
-                        f"interpolate {expected} with a sizes input")
-    sizes = _evaluate_shape(walk, resize.input[3], {x: [_BATCH, channels, student.side,
-                                                        student.side]})
+            attrs.get("exclude_outside", 0) or len(resize.input) > 4 or \
+            bool(inputs[2]) == bool(inputs[3]):
+        raise walk.fail(f"Resize node {resize.name!r} has {attrs} and inputs "
+                        f"{list(resize.input)}; expected torch's nearest interpolate {expected} "
+                        f"with either a sizes or a scales input")
+    if inputs[3]:
+        size, scale = _resize_sizes(walk, resize, x, channels, student.side), None
+    else:
+        size, scale = _resize_scales(walk, resize, channels, student.side)
+    if not np.array_equal(_onnx_nearest_indices(student.side, size, scale),
+                          nearest_source_indices(student.side, size)):
+        raise walk.fail(f"Resize node {resize.name!r}: for {student.side} -> {size} ONNX's "
+                        f"nearest resize picks other pixels than torch's (our model's)")
+    return resize.output[0], size
+
+
+def _resize_sizes(walk: _Walk, resize: Any, x: str, channels: int, side: int) -> int:
+    sizes = _evaluate_shape(walk, resize.input[3], {x: [_BATCH, channels, side, side]})
     if len(sizes) != 4 or sizes[:2] != [_BATCH, channels] or sizes[2] != sizes[3] or \
             not isinstance(sizes[2], int):
         raise walk.fail(f"Resize node {resize.name!r} resizes to {sizes}, expected "
                         f"[batch, {channels}, m, m]")
-    if not np.array_equal(_onnx_nearest_indices(student.side, sizes[2]),
-                          nearest_source_indices(student.side, sizes[2])):
-        raise walk.fail(f"Resize node {resize.name!r}: for {student.side} -> {sizes[2]} ONNX's "
-                        f"nearest resize picks other pixels than torch's (our model's)")
-    return resize.output[0], sizes[2]
+    return sizes[2]
 
 
-def _onnx_nearest_indices(in_size: int, out_size: int) -> Array:
-    """ONNX Resize, nearest/asymmetric/floor with a sizes input, as onnxruntime computes it:
-    scale = out / in in float32, source = floor(dst / scale), clamped."""
-    scale = np.float32(out_size) / np.float32(in_size)
+def _resize_scales(walk: _Walk, resize: Any, channels: int, side: int) -> tuple[int, np.float32]:
+    """The map side m of a Resize given by scales [1, 1, s, s]: s x side must be m exactly (ONNX
+    floors the product, and a map side that depends on that rounding is refused)."""
+    scales = np.ravel(_small_constant(walk, resize.input[2], resize, "scales"))
+    scale = np.float32(scales[2]) if scales.size == 4 else np.float32(0)
+    size = float(scale) * side
+    if scales.size != 4 or list(scales[:2]) != [1, 1] or scales[3] != scales[2] or \
+            size != int(size) or size < 1:
+        raise walk.fail(f"Resize node {resize.name!r} scales [batch, {channels}, {side}, {side}] "
+                        f"by {scales.tolist()}; expected [1, 1, s, s] with s x {side} a whole "
+                        f"map side")
+    return int(size), scale
+
+
+def _onnx_nearest_indices(in_size: int, out_size: int, scale: np.float32 | None = None) -> Array:
+    """ONNX Resize, nearest/asymmetric/floor, as onnxruntime computes it: scale = the scales
+    input, or out / in in float32 for a sizes input; source = floor(dst / scale), clamped."""
+    if scale is None:
+        scale = np.float32(out_size) / np.float32(in_size)
     src = np.floor(np.arange(out_size, dtype=np.float32) / scale).astype(np.int64)
     return np.minimum(src, in_size - 1)
 
 
-def _gemm(walk: _Walk, x: str, key: str) -> str:
+def _gemm(walk: _Walk, x: str, key: str, inputs: int | None = None) -> str:
+    """A Linear `key` reading x; with `inputs`, its weight must read that many features."""
     node = walk.take(x, "Gemm", key)
     attrs = walk.attrs(node)
     if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
@@ -582,8 +689,11 @@ def _gemm(walk: _Walk, x: str, key: str) -> str:
     weight = walk.constant(node.input[1], node, "weight")
     if weight.ndim != 2 or len(node.input) < 3 or not node.input[2]:
         raise walk.fail(f"Gemm node {node.name!r} ({key}) is not a Linear with a bias")
-    walk.state_dict[f"{key}.weight"] = np.asarray(
-        weight if attrs.get("transB", 0) else weight.T, np.float32)
+    weight = np.asarray(weight if attrs.get("transB", 0) else weight.T, np.float32)
+    if inputs is not None and weight.shape[1] != inputs:
+        raise walk.fail(f"Gemm node {node.name!r} ({key}) reads {weight.shape[1]} features, the "
+                        f"map before it has {inputs}")
+    walk.state_dict[f"{key}.weight"] = weight
     walk.state_dict[f"{key}.bias"] = np.asarray(
         walk.constant(node.input[2], node, "bias"), np.float32).reshape(-1)
     return node.output[0]
@@ -622,7 +732,8 @@ def _head(student: _Student, x: str) -> tuple[str, str, int]:
     flatten = walk.take(quality_map, "Flatten", "the head's flatten")
     if walk.attrs(flatten).get("axis", 1) != 1:
         raise walk.fail(f"Flatten node {flatten.name!r} does not flatten from axis 1")
-    h = _relu(walk, _gemm(walk, flatten.output[0], "fc1"), "fc1 ReLU")
+    h = _relu(walk, _gemm(walk, flatten.output[0], "fc1", map_channels * map_size ** 2),
+              "fc1 ReLU")
     h = _relu(walk, _gemm(walk, h, "fc2"), "fc2 ReLU")
     return _gemm(walk, h, "fc3"), quality_map, map_size
 

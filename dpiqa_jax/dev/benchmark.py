@@ -50,7 +50,9 @@ from PIL import Image
 
 from dpiqa_jax import bundle, scorer
 from dpiqa_jax.dev.sd_parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+from dpiqa_jax.models import fold
 from dpiqa_jax.models.adapters import ImageAdapterConfig
+from dpiqa_jax.models.efficientnet import efficientnet_config
 from dpiqa_jax.models.qfd import QFDConfig
 from dpiqa_jax.models.student import Student, StudentConfig
 from dpiqa_jax.models.teacher import Teacher, TeacherConfig
@@ -71,6 +73,7 @@ TEACHER_SCORE = "teacher_score"
 STUDENT_SCORE = "student_score"
 SCORING_MEASUREMENTS = (TEACHER_SCORE, STUDENT_SCORE)
 SCORING_BATCHES = (1, 8)
+ONNXRUNTIME = "onnxruntime"
 MEASUREMENTS = MODEL_MEASUREMENTS + (INPUT_PIPELINE,) + SCORING_MEASUREMENTS
 SIZES = ("tiny", "full")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -79,6 +82,7 @@ HOPPER_BF16_PEAK_TFLOPS = 989.0
 _HOPPER_KINDS = ("H100", "H200")
 _MAP_CHANNELS = 8
 _VAE_DOWNSCALE = 8
+_STUDENT_STRIDE = 32
 
 
 # --------------------------------------------------------------------------- sizes
@@ -123,27 +127,30 @@ def _teacher_config(unet: Mapping[str, Any], vae: Mapping[str, Any], map_size: i
 
 
 def benchmark_size(name: str, *, resolution: int = 0, student_backbone: str = "",
-                   batch: int = 0) -> BenchmarkSize:
+                   batch: int = 0, student_map_size: int = 0) -> BenchmarkSize:
     """The models of `name` ('tiny': parity.py's tiny SD configs, a small adapter and QFD,
     EfficientNet-B0 at 64x64, batch 2; 'full': SD 1.5 and B7 at 512x512, batch 16 / 32).
 
     Non-zero `resolution`, `batch` and a non-empty `student_backbone` replace the defaults; the
-    quality maps are resolution / 8 wide, as the teacher's latent.
+    quality maps are resolution / 8 wide, as the teacher's latent, unless `student_map_size` sets
+    the student's (a student-only run, e.g. Lite0 at 224x224 with the authors' 64x64 map; the
+    resolution then needs to be a multiple of 32 only, the backbone's stride).
     """
     if name not in SIZES:
         raise ValueError(f"benchmark size {name!r}; expected one of {SIZES}")
     tiny = name == "tiny"
     resolution = resolution or (64 if tiny else 512)
-    if resolution % (_VAE_DOWNSCALE * 8):
-        # The adapter's 8x unshuffle and the UNet's three downsamplings must divide evenly.
-        raise ValueError(f"resolution {resolution} is not a multiple of 64")
+    # The teacher's adapter's 8x unshuffle and its UNet's three downsamplings must divide evenly.
+    multiple = _STUDENT_STRIDE if student_map_size else _VAE_DOWNSCALE * 8
+    if resolution % multiple:
+        raise ValueError(f"resolution {resolution} is not a multiple of {multiple}")
     map_size = resolution // _VAE_DOWNSCALE
     unet, vae = (TINY_UNET_CONFIG, TINY_VAE_CONFIG) if tiny else (SD15_UNET_CONFIG,
                                                                   SD15_VAE_CONFIG)
     qfd = (QFDConfig(hidden=32, se_reduction=16, score_channels=(16, 8, _MAP_CHANNELS),
                      head_hidden=32) if tiny else QFDConfig())
     student = (StudentConfig(backbone="b0", hidden=32) if tiny else StudentConfig())
-    student = dataclasses.replace(student, map_size=map_size,
+    student = dataclasses.replace(student, map_size=student_map_size or map_size,
                                   backbone=student_backbone or student.backbone)
     return BenchmarkSize(
         name=name, unet=unet, vae=vae, teacher=_teacher_config(unet, vae, map_size, qfd),
@@ -223,13 +230,16 @@ class Record:
 
 
 def speedups(records: Sequence[Record]) -> Iterator[dict[str, Any]]:
-    """Per measurement run by both frameworks: jax img/s over torch img/s."""
+    """Per measurement run by JAX and another framework: jax img/s over theirs. Against torch the
+    ratio is `speedup`, against ONNX Runtime `speedup_vs_onnxruntime`."""
     by_key = {(r.measurement, r.framework): r for r in records}
-    for measurement in MODEL_MEASUREMENTS:
-        ours, theirs = by_key.get((measurement, "jax")), by_key.get((measurement, "torch"))
-        if ours is not None and theirs is not None:
-            yield {"measurement": measurement, "speedup": ours.img_per_s / theirs.img_per_s,
-                   "jax_img_per_s": ours.img_per_s, "torch_img_per_s": theirs.img_per_s}
+    for baseline, key in (("torch", "speedup"), (ONNXRUNTIME, f"speedup_vs_{ONNXRUNTIME}")):
+        for measurement in MODEL_MEASUREMENTS:
+            ours, theirs = by_key.get((measurement, "jax")), by_key.get((measurement, baseline))
+            if ours is not None and theirs is not None:
+                yield {"measurement": measurement, key: ours.img_per_s / theirs.img_per_s,
+                       "jax_img_per_s": ours.img_per_s,
+                       f"{baseline}_img_per_s": theirs.img_per_s}
 
 
 # --------------------------------------------------------------------------- timing, memory
@@ -381,19 +391,22 @@ def teacher_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int
 
 
 def student_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int) -> Program:
-    """`Student` in inference mode (running BN statistics) on `dtype` params."""
+    """`Student` in inference mode on `dtype` weights compiled as scoring compiles them
+    (`inference.student_forward`): BatchNorms folded into the convolutions (`models.fold`), the
+    variables closed over as constants; the whole batch in one call (scoring runs the same
+    program one image at a time, for results independent of the batch)."""
     inputs = jax.device_put(random_inputs(size, batch, seed))
     module = Student(size.student, dtype=jnp.dtype(dtype))
-    variables = _host_student_variables(module, inputs, seed)
-    variables = jax.device_put({"params": cast_floating(variables["params"], dtype),
-                                "batch_stats": variables["batch_stats"]})
+    variables = fold.fold_batch_norms(_host_student_variables(module, inputs, seed),
+                                      efficientnet_config(size.student.backbone).bn_eps)
+    constants = jax.tree.map(np.asarray, {"params": cast_floating(variables["params"], dtype),
+                                          "batch_stats": variables["batch_stats"]})
 
-    def infer(variables, images):
-        return module.apply(variables, images, train=False)
+    def infer(images):
+        return module.apply(constants, images, train=False)
 
-    compiled, seconds = _aot_compile(infer, variables, inputs["image"])
-    return Program(compiled, seconds, lambda: jax.block_until_ready(
-        compiled(variables, inputs["image"])))
+    compiled, seconds = _aot_compile(infer, inputs["image"])
+    return Program(compiled, seconds, lambda: jax.block_until_ready(compiled(inputs["image"])))
 
 
 def _donating_loop(compiled: Any, state: Any, frozen: Any, batch: Any) -> Callable[[], Any]:
@@ -530,7 +543,45 @@ def measure_jax(measurement: str, settings: RunSettings) -> Record:
         extra={"flops_source": "xla_cost_analysis", **_model_extra(measurement, settings)})
 
 
+def measure_onnxruntime(settings: RunSettings, threads: int) -> Record:
+    """`student_infer` in ONNX Runtime on the CPU: the same random student (same seed) exported by
+    `dpiqa_jax.onnx_export`, the same images as NCHW, `threads` intra-op threads, ONNX Runtime's
+    default (full) graph optimisation."""
+    # pylint: disable=import-outside-toplevel  # optional dependencies of this measurement only
+    import onnxruntime
+
+    from dpiqa_jax import bundle, onnx_export
+
+    if settings.dtype != "float32":
+        raise ValueError(f"the ONNX export is float32, this run is {settings.dtype}")
+    size = settings.size
+    inputs = random_inputs(size, size.student_batch, settings.seed)
+    module = Student(size.student)
+    student = bundle.Bundle("student", dataclasses.asdict(size.student),
+                            _host_student_variables(module, inputs, settings.seed),
+                            metadata={"mos_scale": 1.0, "image_size": size.resolution})
+    rss_start = peak_rss_bytes()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(
+        onnx_export.student_onnx_model(student).SerializeToString(), options,
+        providers=["CPUExecutionProvider"])
+    feed = {onnx_export.INPUT_NAME: np.ascontiguousarray(inputs["image"].transpose(0, 3, 1, 2))}
+    step_s = median_step_seconds(lambda: session.run(None, feed), settings.steps, settings.warmup)
+    batch = size.student_batch
+    return Record(
+        measurement=STUDENT_INFER, framework=ONNXRUNTIME, batch=batch,
+        resolution=size.resolution, img_per_s=batch / step_s, step_ms=1e3 * step_s,
+        steps=settings.steps, compile_s=None, peak_memory_bytes=peak_rss_bytes() - rss_start,
+        peak_memory_kind="process_peak_rss_delta", dtype="float32", device=cpu_device_name(),
+        extra={"student_backbone": size.student.backbone, "onnxruntime": onnxruntime.__version__,
+               "onnxruntime_threads": threads})
+
+
 def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
+    if measurement == STUDENT_INFER:
+        return {"student_backbone": settings.size.student.backbone, "batch_norm": "folded",
+                "weights_as": "constants"}
     if measurement.startswith("student"):
         return {"student_backbone": settings.size.student.backbone}
     return {"context_tokens": settings.size.num_prompts,

@@ -34,6 +34,7 @@ from dpiqa_jax.sd.vae import VAEConfig
 _PERTURBATION = 0.05
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
+LITE_PACKAGE = "efficientnet_lite_pytorch"
 
 # --------------------------------------------------------------------------- QFD, text adapter
 
@@ -329,15 +330,33 @@ def build_torch_student(config: StudentConfig, *, seed: int = 0, prefer_torchvis
                         device: torch.device | str = "cpu") -> tuple[TorchStudent, str]:
     """A random-weight torch student, created on `device`; returns it and which backbone code
     built it: torchvision's `efficientnet_{backbone}` when torchvision is importable and
-    `prefer_torchvision` ('torchvision'), else `TorchEfficientNet` ('reference').
+    `prefer_torchvision` ('torchvision'), else `TorchEfficientNet` ('reference'); a Lite backbone
+    always comes from `efficientnet_lite_pytorch` ('efficientnet_lite_pytorch').
     """
     torch.manual_seed(seed)
     with torch.device(device):
         return _random_student(config, prefer_torchvision)
 
 
+class _LiteFeatures(torch.nn.Module):
+    """The `efficientnet_lite_pytorch` EfficientNet-Lite (the code its weights come with), stem to
+    head conv."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        # pylint: disable=import-outside-toplevel  # a dev requirement, for Lite students only
+        from efficientnet_lite_pytorch import EfficientNet
+        self.model = EfficientNet.from_name(f"efficientnet-{name}")
+
+    def forward(self, x):
+        return self.model.extract_features(x)
+
+
 def _random_student(config: StudentConfig, prefer_torchvision: bool) -> tuple[TorchStudent, str]:
     backbone = efficientnet_config(config.backbone)
+    if backbone.activation == "relu6":
+        return (TorchStudent(_LiteFeatures(config.backbone), backbone.head_channels, config),
+                LITE_PACKAGE)
     if prefer_torchvision and torchvision_available():
         import torchvision  # pylint: disable=import-outside-toplevel  # optional, see above
         build = getattr(torchvision.models, f"efficientnet_{config.backbone}", None)

@@ -22,8 +22,12 @@ AUTHORS_OPSET = 17
 class TorchAuthorsStudent(torch.nn.Module):
     """The authors' `StudentEfficientNet` for a torchvision-family backbone and input side."""
 
-    def __init__(self, backbone: str, image_size: int, *, map_size: int = 64, hidden: int = 512):
+    def __init__(self, backbone: str, image_size: int, *, map_size: int = 64, hidden: int = 512,
+                 resize_by_scale: bool = False):
+        """`resize_by_scale`: `interpolate` by the factor map_size / (2 x feature side) (an ONNX
+        Resize with `scales`) instead of to the size (`sizes`, the authors' code)."""
         super().__init__()
+        self.resize_by_scale = resize_by_scale
         config = efficientnet_config(backbone)
         self.channels = config.head_channels
         self.feature_side = -(-image_size // 32)
@@ -43,7 +47,11 @@ class TorchAuthorsStudent(torch.nn.Module):
         x = self.base_model(x)
         x = x.view(x.shape[0], self.channels, self.feature_side, self.feature_side)
         x = torch.relu(self.conv_transpose(x))
-        feature_map = F.interpolate(x, size=(self.map_size, self.map_size), mode="nearest")
+        if self.resize_by_scale:
+            feature_map = F.interpolate(x, scale_factor=self.map_size / (2 * self.feature_side),
+                                        mode="nearest")
+        else:
+            feature_map = F.interpolate(x, size=(self.map_size, self.map_size), mode="nearest")
         x = torch.relu(self.fc1(self.flatten(feature_map)))
         x = torch.relu(self.fc2(x))
         return self.fc3(x), feature_map
