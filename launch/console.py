@@ -21,7 +21,7 @@ from . import cli
 
 COMMANDS = ("score", "evaluate", "train", "run_splits", "convert", "export", "embed_prompts",
             "build_dataset", "make_splits", "cache_teacher_maps", "inspect", "demo", "parity",
-            "benchmark", "benchmark_input", "onnx_check")
+            "benchmark", "onnx_check")
 PROGRAM = "dpiqa"
 
 

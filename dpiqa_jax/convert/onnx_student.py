@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from dpiqa_jax.bundle import MOS_SCALE
 from dpiqa_jax.models.fold import identity_variance
 
 Array = np.ndarray
@@ -44,7 +45,6 @@ MAX_EXTERNAL_BYTES = 4 * 2**30
 MAX_TENSOR_ELEMENTS = 2**30
 ONNX_FORMAT = "onnx-student"
 METADATA_PREFIX = "dpiqa_jax."
-AUTHORS_MOS_SCALE = 100.0  # the authors' head predicts MOS / 100
 # The first byte of a ModelProto written by onnx/torch: field 1 (ir_version), varint.
 _ONNX_FIRST_BYTE = 0x08
 _BATCH = "B"
@@ -799,7 +799,7 @@ def _mos_scale(student: OnnxStudent, source: str) -> float:
     """Our export records its MOS scale; the authors' file does not (their head: MOS / 100)."""
     text = student.metadata.get(METADATA_PREFIX + "mos_scale")
     if text is None:
-        return AUTHORS_MOS_SCALE
+        return MOS_SCALE
     try:
         scale = float(text)
     except ValueError as err:

@@ -1,7 +1,7 @@
 """Decode + resize throughput of the input pipeline on synthetic 1024x768 JPEGs (KonIQ's size).
 
 The JPEGs (quality 90) are scikit-image's astronaut photo scaled up and shifted per image, so no
-dataset or network is needed. Used by launch/benchmark_input.py and launch/benchmark.py.
+dataset or network is needed. Used by launch/benchmark.py (`--only=input_pipeline`).
 """
 
 import io
