@@ -146,11 +146,24 @@ class TorchTeacher(torch.nn.Module):
 
 
 def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
-    """Default inits leave norms at 1/0 and some layers at zero; perturb so every tensor matters."""
+    """Default inits leave norms at 1/0 and some layers at zero; perturb so every tensor matters.
+
+    The noise is relative to each tensor's own scale: a fixed 0.05 on every weight multiplies
+    the activations by ~0.05 sqrt(fan_in) per layer, which at SD 1.5's widths (fan_in up to 11520)
+    drives a random teacher's loss to 1e12 and its Adam moments to fp32 overflow.
+    """
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(torch.randn_like(p) * _PERTURBATION)
+            p.add_(torch.randn_like(p) * _perturbation_scale(p))
     return module.eval()
+
+
+def _perturbation_scale(p: torch.Tensor) -> float:
+    """_PERTURBATION x the tensor's RMS; for an all-zero tensor, x 1/sqrt(fan_in) (1-D: x 1)."""
+    rms = float(p.detach().double().square().mean().sqrt())
+    if rms > 0:
+        return _PERTURBATION * rms
+    return _PERTURBATION / (p[0].numel() ** 0.5 if p.ndim > 1 else 1.0)
 
 
 def _check_same_architecture(config: TeacherConfig, unet_config: Mapping[str, Any],
