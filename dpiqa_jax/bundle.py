@@ -22,6 +22,7 @@ user needs to score images, in files any safetensors reader can open.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -92,6 +93,15 @@ class Bundle:
         return build_model(self.kind, model_config_from_dict(self.kind, self.model_config),
                            **module_kwargs)
 
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, read in 16 MiB blocks (a bundle records its sources by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 def build_model(kind: str, config: Any, **module_kwargs: Any):
     """The Flax module of `kind` for its config dataclass."""

@@ -28,8 +28,11 @@ import io
 import os
 from collections.abc import Callable, Sequence
 
+import matplotlib
 import numpy as np
+import skimage.data
 from PIL import Image, ImageEnhance, ImageFilter
+from skimage.metrics import structural_similarity
 
 LEVELS = 5
 SSIM_SCALES = 3
@@ -60,8 +63,6 @@ class DemoRecord:
 
 def _load_photos() -> dict[str, np.ndarray]:
     """Each photograph as an array [H, W] (grey) or [H, W, 3] uint8, as its package ships it."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    import skimage.data  # pylint: disable=import-outside-toplevel
     photos = {name: getattr(skimage.data, name)() for name in _SKIMAGE_PHOTOS}
     photos["motorcycle"] = skimage.data.stereo_motorcycle()[0]
     hopper = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
@@ -115,7 +116,6 @@ DISTORTIONS: dict[str, Callable[[Image.Image, int, np.random.Generator], Image.I
 
 
 def _ssim(reference: np.ndarray, distorted: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity  # pylint: disable=import-outside-toplevel
     return float(structural_similarity(reference, distorted, channel_axis=-1, data_range=255.0,
                                        gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False))

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 
 from dpiqa_jax import demo_data
@@ -137,7 +138,6 @@ def draw_figure(cases: Sequence[MapCase], predictions: Mapping[str, tuple[np.nda
 
     predictions: model name -> (scores [N], quality maps [N, h, w, C]) for `cases`.
     """
-    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
     columns = 1 + 2 * len(predictions)
     figure = Figure(figsize=(2.1 * columns, 2.2 * len(cases)), dpi=90)

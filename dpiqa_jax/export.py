@@ -27,7 +27,6 @@ Out:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -71,14 +70,6 @@ _BN_COUNTER = re.compile(r"(^|\.)num_batches_tracked$")
 # --------------------------------------------------------------------------- small helpers
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _layout(state_dict: Mapping[str, Array]) -> dict[str, list[int]]:
     return {key: list(np.shape(value)) for key, value in state_dict.items()}
 
@@ -112,7 +103,7 @@ def _source_metadata(kind: str, checkpoint: str) -> dict[str, Any]:
     # The file name and its digest identify the source; an absolute path would only name the
     # machine the bundle was made on.
     return {"format": kind, "checkpoint": os.path.basename(checkpoint),
-            "sha256": file_sha256(checkpoint)}
+            "sha256": bundle_lib.file_sha256(checkpoint)}
 
 
 # --------------------------------------------------------------------------- authors' teacher in
@@ -192,7 +183,8 @@ def read_prompt_embeddings(path: str, text_dim: int) -> tuple[np.ndarray, dict[s
     `launch.embed_prompts`), that sidecar's contents.
     """
     embeddings = read_prompt_array(path, dim=text_dim)
-    record: dict[str, Any] = {"path": os.path.basename(path), "sha256": file_sha256(path),
+    record: dict[str, Any] = {"path": os.path.basename(path),
+                              "sha256": bundle_lib.file_sha256(path),
                               "shape": list(embeddings.shape)}
     sidecar = os.path.splitext(path)[0] + ".json"
     if os.path.isfile(sidecar):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax.convert import onnx_student
 from dpiqa_jax.models import fold
 from dpiqa_jax.models.efficientnet import efficientnet_config
 from dpiqa_jax.primitives.dtypes import cast_floating
@@ -66,8 +67,6 @@ def resolve_model(path: str | os.PathLike, *, place: bundle_lib.Place | None = N
     if os.path.isfile(path):
         if path.endswith(".safetensors"):
             return bundle_lib.load_params_safetensors(path, place=place), path
-        # Imported here: the onnx package is needed only for ONNX files.
-        from dpiqa_jax.convert import onnx_student  # pylint: disable=import-outside-toplevel
         if onnx_student.looks_like_onnx(path):
             return onnx_student.onnx_student_bundle(path), path
         raise bundle_lib.BundleError(f"{path}: expected a bundle directory, a training workdir, "

@@ -25,7 +25,11 @@ from typing import Any
 import numpy as np
 
 from dpiqa_jax import bundle as bundle_lib
+from dpiqa_jax import scorer
+from dpiqa_jax.convert.efficientnet import student_flax_to_official
+from dpiqa_jax.models.efficientnet import efficientnet_config
 from dpiqa_jax.models.fold import batch_norm_factor
+from dpiqa_jax.primitives.resize import nearest_source_indices
 
 Array = np.ndarray
 
@@ -39,6 +43,7 @@ _PREFIX = "base_model.features"
 
 
 def _onnx():
+    # onnx is an optional dependency: only ONNX files need it.
     try:
         import onnx  # pylint: disable=import-outside-toplevel
     except ImportError as err:
@@ -134,9 +139,6 @@ class _GraphWriter:
 
     def head(self, x: str, map_size: int) -> tuple[str, str]:
         """features [B, C, h, w] -> (score [B, 1], map [B, 8, map_size, map_size])."""
-        # pylint: disable=import-outside-toplevel
-        from dpiqa_jax.primitives.resize import nearest_source_indices
-
         sd = self.state_dict
         x = self.node("ConvTranspose", [x, self.constant("conv_transpose.weight",
                                                          sd["conv_transpose.weight"]),
@@ -203,11 +205,6 @@ def student_onnx_model(model_bundle: bundle_lib.Bundle, *, batch_size: int | Non
     Raises:
       ValueError: for a teacher, or a model that does not record its MOS scale.
     """
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax import scorer
-    from dpiqa_jax.convert.efficientnet import student_flax_to_official
-    from dpiqa_jax.models.efficientnet import efficientnet_config
-
     onnx = _onnx()
     if model_bundle.kind != "student":
         raise ValueError(f"ONNX export covers the student only, this is a {model_bundle.kind} "

@@ -20,6 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Scratch directory for the files
 
 
 def _photos(side: int, count: int):
+    # Imported when the check runs, as below, so that `--help` needs none of it.
     # pylint: disable=import-outside-toplevel
     import numpy as np
     import skimage.data
@@ -36,6 +37,8 @@ def _report(**record) -> None:
 
 def check_import(workdir: str) -> None:
     """B7 authors' student -> their export -> our import; our JAX scores vs ORT on the file."""
+    # The dev-only dependencies (torch, onnxruntime) are imported when the check runs, so that
+    # `--help` and the command list work without them.
     # pylint: disable=import-outside-toplevel
     import jax
     import numpy as np

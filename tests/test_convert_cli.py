@@ -62,7 +62,7 @@ def test_teacher_bundle_records_source_scale_prompts_and_layout(teacher_checkpoi
     converted = bundle.load_bundle(out)
     meta = converted.metadata
     assert converted.kind == "teacher"
-    assert meta["source"]["sha256"] == export.file_sha256(teacher_checkpoint["checkpoint"])
+    assert meta["source"]["sha256"] == bundle.file_sha256(teacher_checkpoint["checkpoint"])
     assert meta["source"]["checkpoint"] == "teacher.pth"  # no machine-specific absolute path
     assert meta["mos_scale"] == 100.0 and meta["score_range"] == [0.0, 100.0]
     assert meta["image_size"] == IMAGE_SIZE

@@ -31,10 +31,17 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from dpiqa_jax import bundle as bundle_lib
 from dpiqa_jax.bundle import MOS_SCALE
+from dpiqa_jax.convert.efficientnet import student_official_to_flax
+from dpiqa_jax.models.efficientnet import efficientnet_config
 from dpiqa_jax.models.fold import identity_variance
+from dpiqa_jax.models.student import Student, StudentConfig
+from dpiqa_jax.primitives.resize import nearest_source_indices
 
 Array = np.ndarray
 
@@ -61,6 +68,7 @@ class OnnxStudentError(ValueError):
 
 
 def _onnx():
+    # onnx is an optional dependency: only ONNX files need it.
     try:
         import onnx  # pylint: disable=import-outside-toplevel
     except ImportError as err:
@@ -367,9 +375,6 @@ def _conv_count(config) -> int:
 
 def _infer_backbone(walk: _Walk, input_name: str) -> str:
     """The EfficientNet variant whose stem width, head width and conv count the graph has."""
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.models.efficientnet import efficientnet_config
-
     convs = [n for n in walk.nodes if n.op_type == "Conv"]
     stem_inputs = {input_name} | {n.output[0] for n in walk.nodes
                                   if n.op_type == "Pad" and n.input[0] == input_name}
@@ -606,9 +611,6 @@ def _unflatten_features(student: _Student, x: str, channels: int) -> str:
 
 def _nearest_resize(student: _Student, x: str, channels: int) -> tuple[str, int]:
     """torch's nearest `interpolate` (a Resize) or our export's two static Gathers."""
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.primitives.resize import nearest_source_indices
-
     walk = student.walk
     if walk.has_consumer(x, "Gather"):
         rows = walk.take(x, "Gather", "the nearest resize (rows)")
@@ -770,10 +772,6 @@ def read_onnx_student(path: str, *, backbone: str | None = None) -> OnnxStudent:
     Raises:
       OnnxStudentError: naming the file and the first node that does not fit.
     """
-    # pylint: disable=import-outside-toplevel
-    from dpiqa_jax.models.efficientnet import efficientnet_config
-    from dpiqa_jax.models.student import StudentConfig
-
     source = os.fspath(path)
     walk = _Walk(load_onnx_model(source), source)
     input_name, image_size = _input_side(walk)
@@ -811,16 +809,6 @@ def _mos_scale(student: OnnxStudent, source: str) -> float:
 
 def onnx_student_bundle(path: str, *, backbone: str | None = None) -> Any:
     """An ONNX student file as an in-memory student `Bundle` (see `read_onnx_student`)."""
-    # pylint: disable=import-outside-toplevel
-    import dataclasses as dc
-
-    import jax
-    import jax.numpy as jnp
-
-    from dpiqa_jax import bundle as bundle_lib
-    from dpiqa_jax.convert.efficientnet import student_official_to_flax
-    from dpiqa_jax.models.student import Student
-
     source = os.fspath(path)
     student = read_onnx_student(source, backbone=backbone)
     side = student.image_size
@@ -829,25 +817,20 @@ def onnx_student_bundle(path: str, *, backbone: str | None = None) -> Any:
     variables = student_official_to_flax(student.state_dict, target, source=source)
     scale = _mos_scale(student, source)
     metadata = {"source": {"format": ONNX_FORMAT, "checkpoint": os.path.basename(source),
-                           "sha256": _sha256(source)},
+                           "sha256": bundle_lib.file_sha256(source)},
                 "mos_scale": scale, "score_range": [0.0, scale], "image_size": side,
                 "batch_norm": ("folded into the convolutions: identity BatchNorm + bias"
                                if student.folded_batch_norm else "as in the file")}
-    return bundle_lib.Bundle("student", dc.asdict(student.config), variables, metadata=metadata)
+    return bundle_lib.Bundle("student", dataclasses.asdict(student.config), variables,
+                             metadata=metadata)
 
 
 def import_onnx_student(path: str, out_dir: str, *, backbone: str | None = None) -> str:
     """An ONNX student file -> a student bundle in `out_dir` (see `read_onnx_student`)."""
-    from dpiqa_jax import bundle as bundle_lib  # pylint: disable=import-outside-toplevel
-
     model_bundle = onnx_student_bundle(path, backbone=backbone)
     return bundle_lib.save_bundle(out_dir, "student", model_bundle.model_config,
                                   model_bundle.variables, metadata=model_bundle.metadata)
 
-
-def _sha256(path: str) -> str:
-    from dpiqa_jax.export import file_sha256  # pylint: disable=import-outside-toplevel
-    return file_sha256(path)
 
 
 def metadata_json(model: Any) -> dict[str, Any]:
