@@ -63,6 +63,20 @@ def exit_with_usage_error(message: str) -> NoReturn:
     sys.exit(USAGE_ERROR)
 
 
+def write_reported(action: str, write: Callable[[], str],
+                   errors: tuple[type[BaseException], ...],
+                   describe: Callable[[BaseException], str] = str) -> int:
+    """Runs `write` (it returns the path it wrote) and says so on stderr: `wrote PATH` and 0, or
+    `{action} failed: {describe(error)}` and 1 for one of `errors`."""
+    try:
+        path = write()
+    except errors as err:
+        print(f"{action} failed: {describe(err)}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- argv
 
 

@@ -21,7 +21,6 @@ Flag names also accept dashes (--sd-config-from, --image-size).
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -77,26 +76,23 @@ def _naming_the_inputs(err: BaseException) -> str:
     return message if any(p in message for p in inputs) else f"{_CHECKPOINT.value}: {message}"
 
 
+def _convert(command: str) -> str:
+    if command == "official-teacher":
+        return export.import_official_teacher(
+            _CHECKPOINT.value, _PROMPTS.value, _OUT.value, sd_config_dir=_SD_CONFIG_FROM.value,
+            image_size=_IMAGE_SIZE.value)
+    if onnx_student.looks_like_onnx(_CHECKPOINT.value):
+        return onnx_student.import_onnx_student(_CHECKPOINT.value, _OUT.value,
+                                                backbone=_BACKBONE.value)
+    return export.import_official_student(_CHECKPOINT.value, _OUT.value,
+                                          backbone=_BACKBONE.value, image_size=_IMAGE_SIZE.value)
+
+
 def main(argv):
     command = _command(argv)
     _check_usage(command)
-    try:
-        if command == "official-teacher":
-            out = export.import_official_teacher(
-                _CHECKPOINT.value, _PROMPTS.value, _OUT.value, sd_config_dir=_SD_CONFIG_FROM.value,
-                image_size=_IMAGE_SIZE.value)
-        elif onnx_student.looks_like_onnx(_CHECKPOINT.value):
-            out = onnx_student.import_onnx_student(_CHECKPOINT.value, _OUT.value,
-                                                   backbone=_BACKBONE.value)
-        else:
-            out = export.import_official_student(_CHECKPOINT.value, _OUT.value,
-                                                 backbone=_BACKBONE.value,
-                                                 image_size=_IMAGE_SIZE.value)
-    except _UNCONVERTIBLE as err:
-        print(f"conversion failed: {_naming_the_inputs(err)}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+    return cli.write_reported("conversion", lambda: _convert(command), _UNCONVERTIBLE,
+                              _naming_the_inputs)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ onnx: a student with the authors' interface (input `input` [batch, 3, S, S] floa
 Exit status: 0 written, 1 the model cannot be exported so, 2 usage error.
 """
 
-import sys
 
 import jax.numpy as jnp
 from absl import flags
@@ -51,7 +50,7 @@ _MOS_SCALE = flags.DEFINE_float("mos_scale", None, "jax-export: head output -> M
                                 "models that do not record it.")
 
 
-def _export(model_bundle) -> None:
+def _export(model_bundle) -> str:
     if _FORMAT.value == "safetensors":
         export.write_params_safetensors(model_bundle, _OUTPUT.value)
     elif _FORMAT.value == "official":
@@ -65,6 +64,7 @@ def _export(model_bundle) -> None:
         export.export_jax_program(model_bundle, _OUTPUT.value, batch_size=_BATCH_SIZE.value,
                                   dtype=jnp.dtype(_DTYPE.value), platforms=_PLATFORMS.value,
                                   mos_scale=_MOS_SCALE.value)
+    return _OUTPUT.value
 
 
 def main(argv):
@@ -74,13 +74,8 @@ def main(argv):
         model_bundle, _ = inference.resolve_model(_CHECKPOINT.value)
     except (OSError, ValueError) as err:
         cli.exit_with_usage_error(f"cannot load --checkpoint: {err}")
-    try:
-        _export(model_bundle)
-    except (OSError, ValueError, ImportError) as err:
-        print(f"export failed: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {_OUTPUT.value}", file=sys.stderr)
-    return 0
+    return cli.write_reported("export", lambda: _export(model_bundle),
+                              (OSError, ValueError, ImportError))
 
 
 if __name__ == "__main__":

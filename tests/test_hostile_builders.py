@@ -20,6 +20,13 @@ def _build(dataset: str, layout: helpers.Layout, tmp_path: Path, **overrides):
                           helpers.mini_config(dataset, layout, **overrides))
 
 
+def _assert_refused(message: str, dataset: str, layout: helpers.Layout, tmp_path: Path,
+                    **overrides) -> None:
+    """The build fails with a ValueError that contains `message` verbatim."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _build(dataset, layout, tmp_path, **overrides)
+
+
 def _edit_csv_cell(csv_path: Path, line: int, column: str, value: str) -> None:
     """Sets `column` of the row on `line` (1-based, the header is line 1) to `value`."""
     lines = csv_path.read_text(encoding="utf-8").splitlines()
@@ -46,9 +53,8 @@ def test_a_name_leaving_the_image_folder_is_refused(tmp_path, name):
     layout = _folder_with_name(tmp_path, name)
     (layout.manual_dir / "secret.jpg").write_bytes(helpers.encoded_image(0))
     csv_path = layout.manual_dir / "labels.csv"
-    with pytest.raises(ValueError, match=re.escape(
-            f"{csv_path}:2: image name {name!r} leaves the image folder")):
-        _build("iqa_folder", layout, tmp_path)
+    _assert_refused(f"{csv_path}:2: image name {name!r} leaves the image folder",
+                    "iqa_folder", layout, tmp_path)
 
 
 @pytest.mark.parametrize("target", ["outside", "/dev/zero"])
@@ -59,10 +65,8 @@ def test_a_symlink_pointing_outside_the_image_folder_is_refused(tmp_path, target
         target.write_bytes(helpers.encoded_image(0))
     os.symlink(target, layout.image_root / "link.jpg")
     csv_path = layout.manual_dir / "labels.csv"
-    with pytest.raises(ValueError, match=re.escape(
-            f"{csv_path}:2: image 'link.jpg' is a link to {Path(target).resolve()}, outside the "
-            f"image folder")):
-        _build("iqa_folder", layout, tmp_path)
+    _assert_refused(f"{csv_path}:2: image 'link.jpg' is a link to {Path(target).resolve()}, "
+                    f"outside the image folder", "iqa_folder", layout, tmp_path)
 
 
 def test_a_symlink_inside_the_image_folder_is_kept(tmp_path):
@@ -88,8 +92,8 @@ def test_koniq_numbers_are_parsed_and_range_checked(tmp_path, column, value, mes
     layout = helpers.make_koniq10k(tmp_path / "koniq")
     csv_path = layout.manual_dir / "koniq10k_scores_and_distributions.csv"
     _edit_csv_cell(csv_path, 3, column, value)
-    with pytest.raises(ValueError, match=re.escape(f"{csv_path}:3 {message}")):
-        _build("koniq10k", layout, tmp_path)
+    _assert_refused(f"{csv_path}:3 {message}",
+                    "koniq10k", layout, tmp_path)
 
 
 @pytest.mark.parametrize("dataset, label_file, column, value, message", [
@@ -121,9 +125,8 @@ def test_spaq_attributes_are_range_checked(tmp_path):
     helpers.write_spaq_xlsx(path, [("00001.jpg", 30.0, 10.0, 20.0, 150.0, 40.0, 50.0),
                                    ("00002.jpg", 50.0, 1.0, 2.0, 3.0, 4.0, 5.0),
                                    ("00003.jpg", 70.0, 1.0, 2.0, 3.0, 4.0, 5.0)])
-    with pytest.raises(ValueError, match=re.escape(
-            f"{path} row 2 Contrast: 150 is not a finite number in [0.0, 100.0]")):
-        _build("spaq", layout, tmp_path)
+    _assert_refused(f"{path} row 2 Contrast: 150 is not a finite number in [0.0, 100.0]",
+                    "spaq", layout, tmp_path)
 
 
 def test_live_challenge_negative_std_is_named(tmp_path):
@@ -131,26 +134,25 @@ def test_live_challenge_negative_std_is_named(tmp_path):
     layout = helpers.make_live_challenge(manual)
     helpers.write_clive_mats(manual, sorted(layout.expected), [20.0, 45.0, 70.0],
                              [10.0, -3.0, 12.0])
-    with pytest.raises(ValueError, match=re.escape(
-            f"{manual / 'Data' / 'AllStdDev_release.mat'} entry 9: -3.0 is not a finite number")):
-        _build("live_challenge", layout, tmp_path)
+    stds = manual / "Data" / "AllStdDev_release.mat"
+    _assert_refused(f"{stds} entry 9: -3.0 is not a finite number", "live_challenge", layout,
+                    tmp_path)
 
 
 def test_an_unreadable_mat_file_is_named(tmp_path):
     manual = tmp_path / "clive"
     layout = helpers.make_live_challenge(manual)
     (manual / "Data" / "AllMOS_release.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(20))
-    with pytest.raises(ValueError, match=re.escape(
-            f"{manual / 'Data' / 'AllMOS_release.mat'}: not a readable MATLAB file")):
-        _build("live_challenge", layout, tmp_path)
+    _assert_refused(f"{manual / 'Data' / 'AllMOS_release.mat'}: not a readable MATLAB file",
+                    "live_challenge", layout, tmp_path)
 
 
 def test_an_unreadable_xlsx_is_named(tmp_path):
     layout = helpers.make_spaq(tmp_path / "spaq")
     path = layout.manual_dir / "Annotations" / "MOS and Image attribute scores.xlsx"
     path.write_bytes(b"PK\x03\x04 not really a workbook")
-    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable .xlsx workbook")):
-        _build("spaq", layout, tmp_path)
+    _assert_refused(f"{path}: not a readable .xlsx workbook",
+                    "spaq", layout, tmp_path)
 
 
 # --------------------------------------------------------------------------- label files
@@ -162,25 +164,24 @@ def test_a_label_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     lines = csv_path.read_bytes().split(b"\n")
     lines[2] = lines[2].replace(b"blur", "blür".encode("latin-1"))
     csv_path.write_bytes(b"\n".join(lines))
-    with pytest.raises(ValueError, match=re.escape(f"{csv_path}:3: not UTF-8 text (byte b'\\xfc'")):
-        _build("flive", layout, tmp_path)
+    _assert_refused(f"{csv_path}:3: not UTF-8 text (byte b'\\xfc'",
+                    "flive", layout, tmp_path)
 
 
 def test_a_label_file_without_rows_is_named(tmp_path):
     layout = helpers.make_iqa_folder(tmp_path / "mine")
     csv_path = layout.manual_dir / "labels.csv"
     csv_path.write_text("filename,mos\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=re.escape(f"{csv_path}: no rows after the header")):
-        _build("iqa_folder", layout, tmp_path, expected_count=None)
+    _assert_refused(f"{csv_path}: no rows after the header",
+                    "iqa_folder", layout, tmp_path, expected_count=None)
 
 
 def test_a_nul_byte_in_a_name_is_named(tmp_path):
     layout = helpers.make_iqa_folder(tmp_path / "mine")
     csv_path = layout.manual_dir / "labels.csv"
     csv_path.write_text(csv_path.read_text() + "x\0.png,1,1\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=re.escape(
-            f"{csv_path}:5: image name 'x\\x00.png' is not a file name")):
-        _build("iqa_folder", layout, tmp_path, expected_count=None)
+    _assert_refused(f"{csv_path}:5: image name 'x\\x00.png' is not a file name",
+                    "iqa_folder", layout, tmp_path, expected_count=None)
 
 
 def test_no_readable_image_is_an_error_naming_them(tmp_path):
@@ -196,23 +197,21 @@ def test_live_challenge_without_test_images_is_named(tmp_path):
     manual = tmp_path / "clive"
     layout = helpers.make_live_challenge(manual)
     helpers.write_clive_mats(manual, [], [], [])  # only the 7 training images
-    with pytest.raises(ValueError, match=re.escape(
-            f"live_challenge: the label file(s) in {manual} list no images")):
-        _build("live_challenge", layout, tmp_path, expected_count=None)
+    _assert_refused(f"live_challenge: the label file(s) in {manual} list no images",
+                    "live_challenge", layout, tmp_path, expected_count=None)
 
 
 def test_a_field_over_the_csv_limit_is_named(tmp_path):
     layout = helpers.make_iqa_folder(tmp_path / "mine")
     csv_path = layout.manual_dir / "labels.csv"
     csv_path.write_text(csv_path.read_text() + "x" * 200_000 + ".png,1,1\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=re.escape(f"{csv_path}:5: malformed CSV (field larger")):
-        _build("iqa_folder", layout, tmp_path, expected_count=None)
+    _assert_refused(f"{csv_path}:5: malformed CSV (field larger",
+                    "iqa_folder", layout, tmp_path, expected_count=None)
 
 
 def test_a_symlink_loop_is_named(tmp_path):
     layout = _folder_with_name(tmp_path, "loop.jpg")
     os.symlink(layout.image_root / "loop.jpg", layout.image_root / "loop.jpg")
     csv_path = layout.manual_dir / "labels.csv"
-    with pytest.raises(ValueError, match=re.escape(
-            f"{csv_path}:2: image 'loop.jpg' cannot be resolved")):
-        _build("iqa_folder", layout, tmp_path)
+    _assert_refused(f"{csv_path}:2: image 'loop.jpg' cannot be resolved",
+                    "iqa_folder", layout, tmp_path)

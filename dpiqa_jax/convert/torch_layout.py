@@ -356,20 +356,20 @@ def nchw_flatten_transform(channels: int, height: int, width: int) -> LayoutTran
     index h*W*C + w*C + c). Used for the DP-IQA teacher's `QFD.fc1` and the student's `fc1`.
     """
 
+    expected = channels * height * width
+
+    def check(matrix: Array, flat_axis: int, what: str) -> None:
+        if matrix.ndim != 2 or matrix.shape[flat_axis] != expected:
+            raise ValueError(f"expected {what}, got shape {matrix.shape}")
+
     def to_flax(weight: Array) -> Array:
-        expected = channels * height * width
-        if weight.ndim != 2 or weight.shape[1] != expected:
-            raise ValueError(f"expected a Linear weight [out, {channels}*{height}*{width}="
-                             f"{expected}], got shape {weight.shape}")
+        check(weight, 1, f"a Linear weight [out, {channels}*{height}*{width}={expected}]")
         out = weight.shape[0]
         return weight.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(
-            height * width * channels, out)
+            expected, out)
 
     def to_torch(kernel: Array) -> Array:
-        expected = channels * height * width
-        if kernel.ndim != 2 or kernel.shape[0] != expected:
-            raise ValueError(f"expected a Dense kernel [{height}*{width}*{channels}={expected}, "
-                             f"out], got shape {kernel.shape}")
+        check(kernel, 0, f"a Dense kernel [{height}*{width}*{channels}={expected}, out]")
         out = kernel.shape[1]
         return kernel.reshape(height, width, channels, out).transpose(3, 2, 0, 1).reshape(
             out, expected)
