@@ -170,13 +170,24 @@ def forward(variables, prompts, images, image_seeds, base_seed, *, module, sampl
     """
     base = jax.random.key(base_seed)
 
-    def one(image_and_seed):
-        image, image_seed = image_and_seed
+    def apply_one(image: jax.Array, image_seed: jax.Array) -> tuple[jax.Array, jax.Array]:
         rngs = {"latent": jax.random.fold_in(base, image_seed)} if sample_latent else {}
-        raw, quality_map = apply_model(module, variables, prompts, image[None], rngs)
+        return apply_model(module, variables, prompts, image, rngs)
+
+    return _one_image_at_a_time(apply_one, images, image_seeds)
+
+
+def _one_image_at_a_time(apply_one: Any, images: jax.Array, *per_image: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    """`lax.map` of `apply_one` ([1, H, W, 3] and each `per_image` entry -> raw [1], map [1, ...])
+    over images [B, H, W, 3]: (raw [B], quality map [B, h, w, C])."""
+
+    def one(args):
+        image, *rest = args
+        raw, quality_map = apply_one(image[None], *rest)
         return raw[0], quality_map[0]
 
-    return jax.lax.map(one, (images, image_seeds))
+    return jax.lax.map(one, (images, *per_image))
 
 
 def student_forward(module: Any, variables: Any) -> Any:
@@ -192,10 +203,8 @@ def student_forward(module: Any, variables: Any) -> Any:
 
     @jax.jit
     def run(images):
-        def one(image):
-            raw, quality_map = module.apply(constants, image[None], train=False)
-            return raw[0], quality_map[0]
-        return jax.lax.map(one, images)
+        return _one_image_at_a_time(
+            lambda image: apply_model(module, constants, None, image, {}), images)
 
     return run
 
