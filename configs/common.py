@@ -51,8 +51,10 @@ def data_config(variant: str) -> ml_collections.ConfigDict:
         "num_threads": 8,
         "prefetch_images": 64,
         "eval_batch_size": 16,  # global, over all processes
-        # demo source only: side of the generated photos and photos held out per part.
+        # demo source only: side of the generated photos, views per photograph side (tiles x
+        # tiles), and photographs held out per part.
         "demo_side": 64,
+        "demo_tiles": 1,
         "demo_test_photos": 3,
         "demo_val_photos": 3,
     })

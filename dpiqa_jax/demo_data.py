@@ -1,9 +1,11 @@
 """A small IQA set labelled by a full-reference measure, from photographs that ship in packages.
 
 Every photograph that scikit-image and matplotlib install (no downloads) is cut to its central
-square, resized to side x side and degraded by blur, noise, JPEG and contrast reduction at graded
-levels. Each distorted image is labelled, as large synthetic IQA sets without human scores are
-(KADIS-700k), by a full-reference quality of the distorted image against its pristine version:
+square, resized to side x side (or, where the photograph is large enough, cut into tiles x tiles
+views of side x side: more contents to learn from, at a finer scale) and degraded by blur, noise,
+JPEG and contrast reduction at graded levels. Each distorted image is labelled, as large
+synthetic IQA sets without human scores are (KADIS-700k), by a full-reference quality of the
+distorted image against its pristine version:
 
     label = 100 x mean over 3 scales of SSIM(pristine, distorted)      (0..100, higher is better)
 
@@ -49,8 +51,9 @@ _SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble
 
 @dataclasses.dataclass(frozen=True)
 class DemoRecord:
-    name: str            # "<photo>/<distortion>_<level>.png"
+    name: str            # "<photo>/<view>/<distortion>_<level>.png"
     photo: str
+    view: str            # which tile of the photograph: "r<row>c<column>"
     distortion: str      # "pristine" for the undistorted image
     level: int           # 0 for the pristine image, 1..LEVELS otherwise
     image: bytes         # PNG-encoded RGB
@@ -80,13 +83,29 @@ def _central_square(image: Image.Image) -> Image.Image:
 
 def packaged_photos(side: int) -> dict[str, Image.Image]:
     """The photographs, RGB (grey ones repeated over the channels), central square, side x side."""
-    photos = {}
+    return {photo: image for (photo, _), image in photo_views(side, tiles=1).items()}
+
+
+def photo_views(side: int, tiles: int) -> dict[tuple[str, str], Image.Image]:
+    """(photo, view) -> side x side RGB image (grey photographs repeated over the channels).
+
+    Each photograph's central square is resized to g*side and cut into g x g tiles, g =
+    min(tiles, square side // side) but at least 1: a photograph is never enlarged to give more
+    views."""
+    if tiles < 1:
+        raise ValueError(f"tiles must be at least 1, got {tiles}")
+    views = {}
     for name, pixels in _load_photos().items():
         if min(pixels.shape[:2]) < side:
             raise ValueError(f"photo {name!r} is {pixels.shape[:2]}, smaller than side {side}")
-        image = _central_square(Image.fromarray(pixels).convert("RGB"))
-        photos[name] = image.resize((side, side), Image.BICUBIC, reducing_gap=2.0)
-    return photos
+        square = _central_square(Image.fromarray(pixels).convert("RGB"))
+        grid = max(1, min(tiles, square.size[0] // side))
+        large = square.resize((grid * side, grid * side), Image.BICUBIC, reducing_gap=2.0)
+        for row in range(grid):
+            for column in range(grid):
+                box = (column * side, row * side, (column + 1) * side, (row + 1) * side)
+                views[(name, f"r{row}c{column}")] = large.crop(box)
+    return views
 
 
 def _blur(image: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:
@@ -150,25 +169,27 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def make_demo_records(side: int = 128, seed: int = 0) -> list[DemoRecord]:
-    """Pristine + every distortion at levels 1..LEVELS, for every packaged photo."""
-    return list(_demo_records(side, seed))
+def make_demo_records(side: int = 128, seed: int = 0, tiles: int = 1) -> list[DemoRecord]:
+    """Pristine + every distortion at levels 1..LEVELS, for every view of every packaged photo
+    (`photo_views`; tiles=1: the central square only)."""
+    return list(_demo_records(side, seed, tiles))
 
 
 # A demo builds the same set for the teacher's run, the student's and its figures; the SSIM
-# labels take seconds, so it is made once per (side, seed).
+# labels take seconds, so it is made once per (side, seed, tiles).
 @functools.lru_cache(maxsize=2)
-def _demo_records(side: int, seed: int) -> tuple[DemoRecord, ...]:
+def _demo_records(side: int, seed: int, tiles: int) -> tuple[DemoRecord, ...]:
     rng = np.random.default_rng(seed)
     records = []
-    for photo, image in sorted(packaged_photos(side).items()):
-        records.append(DemoRecord(f"{photo}/pristine_0.png", photo, "pristine", 0, _png(image),
-                                  100.0))
+    for (photo, view), image in sorted(photo_views(side, tiles).items()):
+        prefix = f"{photo}/{view}"
+        records.append(DemoRecord(f"{prefix}/pristine_0.png", photo, view, "pristine", 0,
+                                  _png(image), 100.0))
         for distortion, apply in DISTORTIONS.items():
             for level in range(1, LEVELS + 1):
                 degraded = apply(image, level, rng)
-                records.append(DemoRecord(f"{photo}/{distortion}_{level}.png", photo, distortion,
-                                          level, _png(degraded),
+                records.append(DemoRecord(f"{prefix}/{distortion}_{level}.png", photo, view,
+                                          distortion, level, _png(degraded),
                                           full_reference_quality(image, degraded)))
     return tuple(records)
 

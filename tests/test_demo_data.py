@@ -80,3 +80,35 @@ def test_split_by_photo_is_disjoint_and_deterministic():
     assert [r.name for r in again["test"]] == [r.name for r in parts["test"]]
     other = demo_data.split_by_photo(records, test_photos=4, val_photos=3, seed=4)
     assert {r.photo for r in other["test"]} != photo_sets["test"]
+
+
+def test_tiles_give_more_views_of_large_photographs_and_never_enlarge_small_ones():
+    views = demo_data.photo_views(SIDE, tiles=2)
+    per_photo = {}
+    for photo, view in views:
+        per_photo.setdefault(photo, []).append(view)
+    assert sorted(per_photo["astronaut"]) == ["r0c0", "r0c1", "r1c0", "r1c1"]
+    # text is 172 pixels high: two tiles of 96 would need 192, so it keeps its one view.
+    assert [view for photo, view in demo_data.photo_views(96, tiles=2) if photo == "text"] == [
+        "r0c0"]
+    assert all(image.size == (SIDE, SIDE) for image in views.values())
+    # The tiles are the quarters of the central square at twice the side.
+    square = demo_data.packaged_photos(2 * SIDE)["astronaut"]
+    np.testing.assert_array_equal(np.asarray(views[("astronaut", "r1c0")]),
+                                  np.asarray(square)[SIDE:, :SIDE])
+
+
+def test_every_view_is_labelled_against_its_own_pristine_tile():
+    records = [r for r in demo_data.make_demo_records(side=SIDE, tiles=2)
+               if r.photo == "astronaut"]
+    assert {r.view for r in records} == {"r0c0", "r0c1", "r1c0", "r1c1"}
+    pristine = {r.view: Image.open(io.BytesIO(r.image)) for r in records if r.level == 0}
+    for record in records[1:6]:
+        distorted = Image.open(io.BytesIO(record.image))
+        assert record.mos == pytest.approx(
+            demo_data.full_reference_quality(pristine[record.view], distorted))
+
+
+def test_tiles_must_be_positive():
+    with pytest.raises(ValueError, match="tiles must be at least 1"):
+        demo_data.photo_views(SIDE, tiles=0)
