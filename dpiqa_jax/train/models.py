@@ -310,10 +310,12 @@ def initial_student_weights(module: Student, config: ml_collections.ConfigDict) 
     variables = _random_init_on_host(lambda key, x: module.init(key, x, train=False),
                                      jax.random.key(config.seed), images)
     params, batch_stats = dict(variables["params"]), dict(variables["batch_stats"])
+    head = _start_score_head(params, config.student.get("score_bias"))
     init = config.student.init
     if init == "scratch":
         return InitialWeights(params, batch_stats, None,
-                              "RANDOM initialisation of the whole student (student.init='scratch')")
+                              "RANDOM initialisation of the whole student (student.init='scratch')"
+                              + head)
     if init != LITE_IMAGENET and not init.startswith(TORCHVISION_PREFIX):
         raise ValueError(f"config.student.init={init!r}; expected {LITE_IMAGENET!r}, "
                          f"'{TORCHVISION_PREFIX}PATH' or 'scratch'")
@@ -324,4 +326,18 @@ def initial_student_weights(module: Student, config: ml_collections.ConfigDict) 
     return InitialWeights(params, batch_stats, None,
                           f"backbone {config.student.backbone} ImageNet weights from {path}; "
                           "conv_transpose and fc1-3 RANDOM (torch's default initialisation, as "
-                          "the authors')")
+                          "the authors')" + head)
+
+
+def _start_score_head(params: Params, score_bias: float | None) -> str:
+    """Sets fc3's bias to `score_bias` (None: leaves it); returns what to add to the log line.
+
+    From torch's initialisation the score starts near 0 while MOS / 100 lies near 0.5-0.8: the
+    first hundreds of steps then move the output rather than learn, and pull the pretrained
+    features along with it."""
+    if score_bias is None:
+        return ""
+    if not np.isfinite(score_bias):
+        raise ValueError(f"config.student.score_bias={score_bias!r}; expected a finite number")
+    params["fc3"] = {**params["fc3"], "bias": np.full_like(params["fc3"]["bias"], score_bias)}
+    return f"; fc3 bias set to {score_bias:g} (student.score_bias)"
