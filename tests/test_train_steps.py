@@ -1,6 +1,7 @@
 """The pieces of a training step and its bookkeeping, on toy models: the non-finite check,
 rematerialisation, the checkpoint retention and resume of the data position, the metrics file and
-the teacher-map cache. (Real models train in test_train_multidevice.py / test_train_resume.py.)"""
+the teacher-map cache, a student without a teacher. (Real models train in
+test_train_multidevice.py / test_train_resume.py.)"""
 
 import json
 import math
@@ -13,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from dpiqa_jax.train import checkpoint, run, steps
+from configs import student as student_configs
+from dpiqa_jax.train import checkpoint, run, steps, tasks
 from dpiqa_jax.train import logging as train_logging
 from dpiqa_jax.train.state import create_train_state
 from dpiqa_jax.train.teacher_maps import TeacherMapCache, image_digest, write_cache
@@ -134,3 +136,22 @@ def test_teacher_map_cache_finds_maps_by_image_content(tmp_path):
     flipped = np.ascontiguousarray(images[:1, :, ::-1])
     with pytest.raises(KeyError, match="1 of 1 training images are not in the teacher-map cache"):
         cache.lookup(flipped)
+
+
+def test_a_student_with_map_weight_zero_needs_no_teacher_and_has_no_map_term():
+    config = student_configs.get_config("tiny")
+    config.student.init = "scratch"
+    config.loss.map_weight = 0.0
+    config.teacher_checkpoint = "/nonexistent/teacher"  # never opened
+    task = tasks.student_task(config)
+    assert task.frozen == {} and "no teacher" in task.source
+    update = jax.jit(task.make_update(OPTIMIZER, SCHEDULE))
+    state = create_train_state(task.trainable, task.batch_stats, OPTIMIZER)
+    rng = np.random.default_rng(0)
+    side = config.data.image_size
+    batch = task.prepare_batch({"image": rng.uniform(size=(2, side, side, 3)).astype(np.float32),
+                                "mos_normalized": np.array([0.3, 0.8], np.float32)})
+    assert "teacher_map" not in batch
+    _, metrics = update(state, {}, batch)
+    assert "map_loss" not in metrics
+    assert float(metrics["loss"]) == float(metrics["score_loss"]) > 0.0

@@ -214,13 +214,16 @@ def make_student_update(module: Student, optimizer: optax.GradientTransformation
     """Student step: score_weight * MSE(score, mos) + map_weight * MSE(map, teacher map).
 
     With `teacher` given, its maps are computed here from `frozen["teacher"]` (frozen, no
-    gradient); with `teacher=None` they come in the batch (`teacher_map`, from the cache).
+    gradient); with `teacher=None` they come in the batch (`teacher_map`, from the cache). With
+    `map_weight` 0 there is no map term: no teacher map is needed or computed.
     """
     teacher_maps = None if teacher is None else make_teacher_maps(teacher, seed=seed)
 
     def update(state: TrainState, frozen: Params, batch: Batch) -> tuple[TrainState, Metrics]:
         key = step_key(seed, state.step)
-        if teacher_maps is None:
+        if not map_weight:
+            target_map = None
+        elif teacher_maps is None:
             target_map = batch["teacher_map"]
         else:
             target_map = teacher_maps(frozen["teacher"], frozen["prompts"], batch["image"], key)
@@ -232,9 +235,11 @@ def make_student_update(module: Student, optimizer: optax.GradientTransformation
                 {"params": compute_copy(params, module.dtype), "batch_stats": state.batch_stats},
                 batch["image"], train=True, mask=mask, mutable=["batch_stats"],
                 rngs={DROPOUT_RNG: key})
-            terms = {"score_loss": masked_mse(score, batch["mos_normalized"], mask),
-                     "map_loss": masked_mse(quality_map, target_map, mask)}
-            loss = score_weight * terms["score_loss"] + map_weight * terms["map_loss"]
+            terms = {"score_loss": masked_mse(score, batch["mos_normalized"], mask)}
+            loss = score_weight * terms["score_loss"]
+            if target_map is not None:
+                terms["map_loss"] = masked_mse(quality_map, target_map, mask)
+                loss = loss + map_weight * terms["map_loss"]
             return loss, (mutated["batch_stats"], terms)
 
         (loss, (batch_stats, terms)), grads = jax.value_and_grad(

@@ -73,7 +73,11 @@ def teacher_task(config: ml_collections.ConfigDict,
     return Task("teacher", module.config, weights.source,
                 cast_floating(trainable, config.param_dtype), {}, frozen, make_update,
                 lambda params, batch_stats, frozen, images: predict(params, frozen, images),
-                lambda batch: batch, bundle_contents)
+                _batch_as_is, bundle_contents)
+
+
+def _batch_as_is(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return batch
 
 
 def _check_map_shape(teacher_shape: tuple[int, ...], config: ml_collections.ConfigDict,
@@ -101,7 +105,11 @@ def student_task(config: ml_collections.ConfigDict,
     module = models.build_student(config)
     weights = weights or models.initial_student_weights(module, config)
     source = weights.source
-    if config.teacher_maps_cache:
+    if not config.loss.map_weight:
+        teacher, frozen = None, {}
+        source += "; no teacher (loss.map_weight is 0: the student learns from the labels alone)"
+        prepare_batch = _batch_as_is
+    elif config.teacher_maps_cache:
         if config.data.hflip or config.data.random_crop:
             raise ValueError("config.teacher_maps_cache holds maps of unaugmented images; set "
                              "data.hflip=False and data.random_crop=False, or drop the cache")
@@ -120,9 +128,7 @@ def student_task(config: ml_collections.ConfigDict,
         frozen = cast_floating({"teacher": teacher_weights.params,
                                 "prompts": teacher_weights.prompts}, config.frozen_dtype)
         source += f"; teacher maps on the fly from the {teacher_weights.source}"
-
-        def prepare_batch(batch):
-            return batch
+        prepare_batch = _batch_as_is
 
     predict = steps.make_student_predict(module)
 
