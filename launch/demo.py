@@ -3,11 +3,13 @@
   python -m launch.demo                       # report in ./demo_out
   python -m launch.demo --output /tmp/demo --teacher_steps 50 --student_steps 50
   python -m launch.demo --output /tmp/seeds --seeds 0,1,2   # three photo splits: median, range
+  python -m launch.demo --map_weight 0.1      # the student distilled from the teacher's maps too
 
 Labels are a full-reference quality (multi-scale SSIM of each distorted image against its pristine
 photograph, 0..100): the models learn to predict it without the reference. Trains a tiny
-random-init teacher (a miniature of SD 1.5's structure, NOT pretrained), distils an
-EfficientNet-Lite0 student (real ImageNet weights) from it, evaluates both on held-out photographs
+random-init teacher (a miniature of SD 1.5's structure, NOT pretrained) and an EfficientNet-Lite0
+student (real ImageNet weights; by default on the labels alone, as the random teacher's maps
+made it worse on the validation photographs), evaluates both on held-out photographs
 and writes metrics.json, scatter plots, the half-distortion quality-map study, both models and
 summary.md. With --seeds, one such report per seed in OUT/seed<N> and OUT/seeds.json.
 """
@@ -26,6 +28,9 @@ _TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", demo.DemoSettings.teacher
                                       "Teacher training steps.")
 _STUDENT_STEPS = flags.DEFINE_integer("student_steps", demo.DemoSettings.student_steps,
                                       "Student training steps.")
+_MAP_WEIGHT = flags.DEFINE_float("map_weight", demo.DemoSettings.map_weight,
+                                 "Weight of the MSE to the teacher's quality maps in the student's "
+                                 "loss; 0 trains it on the labels alone (no teacher map computed).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", demo.DemoSettings.image_size,
                                    "Side of the demo images and of the model input.")
 _SEED = flags.DEFINE_integer("seed", demo.DemoSettings.seed,
@@ -42,7 +47,8 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(f"--seeds takes integers, got {_SEEDS.value}") from error
     settings = demo.DemoSettings(image_size=_IMAGE_SIZE.value, teacher_steps=_TEACHER_STEPS.value,
-                                 student_steps=_STUDENT_STEPS.value, seed=_SEED.value)
+                                 student_steps=_STUDENT_STEPS.value, seed=_SEED.value,
+                                 map_weight=_MAP_WEIGHT.value)
     tiny_configs = {kind: cli.config_module(kind).get_config("tiny")
                     for kind in ("teacher", "student")}
     if seeds:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from configs import student, teacher
-from dpiqa_jax import demo, demo_data, demo_maps
+from dpiqa_jax import demo, demo_maps
 
 
 @pytest.mark.slow
@@ -19,10 +19,10 @@ def test_demo_writes_the_report(tmp_path):
     metrics = demo.run_demo(str(tmp_path), tiny_configs, settings)
     with open(tmp_path / "metrics.json", encoding="utf-8") as f:
         written = json.load(f)
-    versions = 1 + len(demo_data.DISTORTIONS) * demo_data.LEVELS
+    held_out = len(demo.split_records(settings)["test"])
     for name in demo.MODELS:
         assert set(written[name]) >= {"srcc", "plcc"}
-        assert written[name]["num_images"] == settings.test_photos * versions
+        assert written[name]["num_images"] == held_out
         assert written[name]["srcc"] == metrics[name]["srcc"]
         assert os.path.isfile(tmp_path / f"{name}_test" / "scatter.png")
         assert os.path.isfile(tmp_path / name / "best_model" / "model.json")

@@ -37,3 +37,17 @@ def test_the_demo_sets_the_student_batchnorm_momentum():
     np.testing.assert_allclose(_stem_running_mean_after_one_batch(config),
                                _stem_running_mean_after_one_batch(tiny)
                                * settings.student_bn_momentum / pretrained, rtol=1e-6)
+
+
+def test_the_demo_starts_the_score_head_at_the_training_labels_mean():
+    tiny = student.get_config("tiny")
+    settings = demo.DemoSettings(image_size=48)
+    config = demo.student_config(tiny, settings, teacher_dir="random_tiny")
+    labels = [r.mos_normalized for r in demo.split_records(settings)["train"]]
+    assert config.student.score_bias == np.mean(labels)
+    module = models.build_student(config)
+    weights = models.initial_student_weights(module, config)
+    np.testing.assert_array_equal(weights.params["fc3"]["bias"], [np.float32(np.mean(labels))])
+    assert "fc3 bias set to" in weights.source
+    untouched = models.initial_student_weights(models.build_student(tiny), tiny)
+    assert abs(float(untouched.params["fc3"]["bias"][0]) - np.mean(labels)) > 0.1
