@@ -183,7 +183,7 @@ selection; {settings.val_photos} others chose the checkpoint.
 
 **Teacher**: a random-init *tiny* Stable-Diffusion-shaped teacher, {settings.teacher_steps} steps.
 It has no pretrained diffusion prior, the thing DP-IQA's teacher is made of, so its figure says
-nothing about DP-IQA's teacher: it is a small network trained from scratch on a few hundred images.
+nothing about DP-IQA's teacher: it is a small network trained from scratch on the demo's images.
 **Student**: EfficientNet-Lite0 with its real ImageNet weights, {settings.student_steps} steps on
 the labels{_map_term(settings)}, its score head starting at the training labels' mean.
 
