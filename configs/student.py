@@ -55,8 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "hidden": 512,
         # The backbone's BatchNorm momentum (torch convention); None: the pretrained weights' own.
         "bn_momentum": None,
-        # The score head's output bias at the start (fc3's bias, in MOS / 100); None: torch's
-        # default initialisation, as the authors'.
+        # The score head's output bias at the start (fc3's bias, in MOS / 100; a run started from
+        # init_checkpoint keeps the bundle's); None: torch's default initialisation, as the
+        # authors'.
         "score_bias": None,
     })
     config.loss = ml_collections.ConfigDict({"score_weight": 1.0, "map_weight": 1.0})
