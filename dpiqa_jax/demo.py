@@ -121,9 +121,8 @@ def _copy_evaluation(workdir: str, out: str, name: str) -> dict[str, Any]:
 
 def split_records(settings: DemoSettings) -> dict[str, list[demo_data.DemoRecord]]:
     """This seed's train/val/test records, as the training runs split them."""
-    records = demo_data.make_demo_records(side=settings.image_size, seed=0, tiles=settings.tiles)
-    return demo_data.split_by_photo(records, settings.test_photos, settings.val_photos,
-                                    seed=settings.seed)
+    return demo_data.split_records(settings.image_size, settings.tiles, settings.test_photos,
+                                   settings.val_photos, settings.seed)
 
 
 def held_out_photos(settings: DemoSettings) -> list[str]:

@@ -207,6 +207,14 @@ def half_distorted(image: Image.Image, distortion: str, level: int, half: str,
     return result
 
 
+def split_records(side: int, tiles: int, test_photos: int, val_photos: int, seed: int
+                  ) -> dict[str, list[DemoRecord]]:
+    """The demo set's train/val/test parts for split seed `seed` (the records themselves are
+    always made with seed 0, so every split sees the same images)."""
+    return split_by_photo(make_demo_records(side=side, seed=0, tiles=tiles), test_photos,
+                          val_photos, seed=seed)
+
+
 def split_by_photo(records: Sequence[DemoRecord], test_photos: int, val_photos: int, seed: int
                    ) -> dict[str, list[DemoRecord]]:
     """Train/val/test parts with disjoint photographs."""

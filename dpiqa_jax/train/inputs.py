@@ -74,10 +74,8 @@ def _demo_split_seed(split_key: str) -> int:
 def open_parts(data: ml_collections.ConfigDict) -> dict[str, sources.IqaSource]:
     """The train, val and test sources of the configured split."""
     if data.source == "demo":
-        records = demo_data.make_demo_records(side=data.demo_side, seed=0,
-                                              tiles=data.demo_tiles)
-        parts = demo_data.split_by_photo(records, data.demo_test_photos, data.demo_val_photos,
-                                         seed=_demo_split_seed(data.split))
+        parts = demo_data.split_records(data.demo_side, data.demo_tiles, data.demo_test_photos,
+                                        data.demo_val_photos, _demo_split_seed(data.split))
         return {part: sources.InMemorySource([(r.name, r.image, r.mos_normalized) for r in rows])
                 for part, rows in parts.items()}
     if data.source != "tfds":
