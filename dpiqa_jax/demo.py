@@ -13,6 +13,7 @@ several photo splits and reports the median and spread of the held-out figures.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import scipy.stats
 from absl import logging
 
 from dpiqa_jax import demo_data, demo_maps
@@ -119,6 +121,48 @@ def _copy_evaluation(workdir: str, out: str, name: str) -> dict[str, Any]:
     return protocol.read_metrics(target)
 
 
+def _read_scores(out: str, name: str) -> dict[str, float]:
+    """image name -> the model's score, from the report's copy of its test predictions."""
+    path = os.path.join(out, f"{name}_test", protocol.PREDICTIONS_FILE)
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
+
+
+def _srcc(predictions: np.ndarray, labels: np.ndarray) -> float:
+    if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
+        return float("nan")
+    return float(scipy.stats.spearmanr(predictions, labels)[0])
+
+
+def ordering_figures(records: Sequence[demo_data.DemoRecord], scores: Mapping[str, float]
+                     ) -> dict[str, float]:
+    """Where the held-out SRCC is lost: within one content, or between contents.
+
+    within_view_srcc: the mean, over every view and distortion kind, of the SRCC over the view's
+    pristine image and that kind's levels (does the model order the levels on one content?).
+    offset_removed_srcc: the SRCC over all images after each view's mean prediction and mean label
+    are subtracted (the ranking left once each content's overall level is given). Both near 1
+    with a lower SRCC means the model misjudges how good a content looks, not the distortions.
+    """
+    by_view: dict[str, list[demo_data.DemoRecord]] = {}
+    for record in records:
+        by_view.setdefault(f"{record.photo}/{record.view}", []).append(record)
+    within, centred_scores, centred_labels = [], [], []
+    for views in by_view.values():
+        predicted = np.asarray([scores[r.name] for r in views])
+        labels = np.asarray([r.mos for r in views])
+        kinds = np.asarray([r.distortion for r in views])
+        for kind in demo_data.DISTORTIONS:
+            chosen = (kinds == kind) | (kinds == "pristine")
+            within.append(_srcc(predicted[chosen], labels[chosen]))
+        centred_scores.append(predicted - predicted.mean())
+        centred_labels.append(labels - labels.mean())
+    return {"within_view_srcc": float(np.nanmean(within)) if np.isfinite(within).any()
+            else float("nan"),
+            "offset_removed_srcc": _srcc(np.concatenate(centred_scores),
+                                         np.concatenate(centred_labels))}
+
+
 def split_records(settings: DemoSettings) -> dict[str, list[demo_data.DemoRecord]]:
     """This seed's train/val/test records, as the training runs split them."""
     return demo_data.split_records(settings.image_size, settings.tiles, settings.test_photos,
@@ -160,6 +204,9 @@ def _map_term(settings: DemoSettings) -> str:
 def _summary(metrics: dict[str, Any], settings: DemoSettings) -> str:
     rows = "\n".join(f"| {name} | {metrics[name]['srcc']:.3f} | {metrics[name]['plcc']:.3f} | "
                      f"{metrics[name].get('krcc', float('nan')):.3f} |" for name in MODELS)
+    ordering_rows = "\n".join(f"| {name} | {metrics['ordering'][name]['within_view_srcc']:.3f} | "
+                              f"{metrics['ordering'][name]['offset_removed_srcc']:.3f} |"
+                              for name in MODELS)
     kinds = [case[0] for case in demo_maps.HALF_CASES]
     map_rows = "\n".join(
         f"| {name} | " + " | ".join(f"{m['half_map_difference_by_distortion'][k]:+.4f}"
@@ -191,6 +238,16 @@ Held-out photographs, best checkpoint by validation SRCC:
 | model | SRCC | PLCC | KRCC |
 |---|---|---|---|
 {rows}
+
+**Where the order is lost** (SRCC on the same held-out images): within one view, over its
+pristine image and the levels of one distortion (mean over views and kinds); and over all
+images once each view's mean prediction and mean label are subtracted. High figures here beside
+a lower SRCC above mean the model orders the distortions of one content but misjudges how good
+one content looks against another, which a no-reference model must guess from the content.
+
+| model | within a view | view means removed |
+|---|---|---|
+{ordering_rows}
 
 **Quality maps** (`{MAP_FIGURE}`): each held-out photograph pristine and with a distortion on one
 half. Half difference = map mean over the distorted half - over the clean half, minus the same on
@@ -233,6 +290,9 @@ def run_demo(out: str, tiny_configs: Mapping[str, ml_collections.ConfigDict],
     logging.info("demo [3/3]: held-out evaluation and the quality-map study")
     metrics: dict[str, Any] = {name: _copy_evaluation(os.path.join(out, name), out, name)
                                for name in MODELS}
+    test_records = split_records(settings)["test"]
+    metrics["ordering"] = {name: ordering_figures(test_records, _read_scores(out, name))
+                           for name in MODELS}
     metrics["maps"] = study_maps({"teacher": teacher.best_model_dir,
                                   "student": student.best_model_dir}, settings, out)
     metrics["held_out_photos"] = held_out_photos(settings)

@@ -29,6 +29,8 @@ def test_demo_writes_the_report(tmp_path):
         maps = written["maps"][name]
         assert maps["num_half_distorted"] == settings.test_photos * len(demo_maps.HALF_CASES)
         assert math.isfinite(maps["half_map_difference"]) and maps["map_spread"] >= 0.0
+        assert set(written["ordering"][name]) == {"within_view_srcc", "offset_removed_srcc"}
     assert written["held_out_photos"] == demo.held_out_photos(settings)
     assert os.path.getsize(tmp_path / demo.MAP_FIGURE) > 10_000
-    assert "| student |" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| student |" in summary and "**Where the order is lost**" in summary
