@@ -190,7 +190,7 @@ def _one_image_at_a_time(apply_one: Any, images: jax.Array, *per_image: jax.Arra
     return jax.lax.map(one, (images, *per_image))
 
 
-def student_forward(module: Any, variables: Any) -> Any:
+def student_forward(module: Any, variables: Any, devices: int = 1) -> Any:
     """`forward` for one student, its variables compiled into the program as constants:
     images [B, H, W, 3] -> (raw [B], quality map [B, h, w, C]), one image at a time as `forward`.
 
@@ -198,15 +198,27 @@ def student_forward(module: Any, variables: Any) -> Any:
     identity arithmetic, each kernel's layout) instead of on every call: on a 2-core CPU, Lite0 at
     224x224 scores ~18% more images/s (measured beside ONNX Runtime: the README's CPU table).
     The programs belong to this one model (not shared between scorers as `forward`'s are).
+
+    `devices` > 1 splits the batch (B a multiple of it) over the first `devices` local devices,
+    each running the same one-image-at-a-time loop on its share. On a CPU split into several JAX
+    devices (`jax_num_cpu_devices`) the loops run side by side, which keeps the cores busy
+    through XLA's single-threaded element-wise passes.
     """
     constants = jax.tree.map(np.asarray, variables)  # host arrays become literals, not arguments
 
-    @jax.jit
     def run(images):
         return _one_image_at_a_time(
             lambda image: apply_model(module, constants, None, image, {}), images)
 
-    return run
+    if devices == 1:
+        return jax.jit(run)
+    local = jax.local_devices()
+    if devices > len(local):
+        raise ValueError(f"cannot spread scoring over {devices} devices: this process has "
+                         f"{len(local)} ({local[0].platform})")
+    mesh = jax.sharding.Mesh(np.asarray(local[:devices]), ("images",))
+    images = jax.sharding.PartitionSpec("images")
+    return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=images, out_specs=images))
 
 
 def bucket_sizes(batch_size: int) -> tuple[int, ...]:
@@ -219,8 +231,10 @@ def bucket_sizes(batch_size: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def bucket_size(count: int, batch_size: int) -> int:
-    """The smallest bucket holding `count` images (1 <= count <= batch_size)."""
+def bucket_size(count: int, batch_size: int, multiple: int = 1) -> int:
+    """The smallest bucket holding `count` images (1 <= count <= batch_size), rounded up to a
+    multiple of `multiple` (the devices a batch is split over)."""
     if not 1 <= count <= batch_size:
         raise ValueError(f"a batch holds 1 to {batch_size} images, got {count}")
-    return next(size for size in bucket_sizes(batch_size) if size >= count)
+    size = next(size for size in bucket_sizes(batch_size) if size >= count)
+    return -(-size // multiple) * multiple

@@ -314,7 +314,7 @@ class Scorer:
                  dtype: Any = jnp.float32, max_pixels: int = image_lib.DEFAULT_MAX_PIXELS,
                  min_side: int = MIN_IMAGE_SIDE, mos_scale: float | None = None,
                  image_size: int | None = None, preprocess_workers: int | None = None,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, devices: int = 1):
         """Prepares `model_bundle` for scoring.
 
         Args:
@@ -330,6 +330,8 @@ class Scorer:
           image_size: model input side; default the bundle's `image_size` metadata, else 512.
           preprocess_workers: threads decoding images (default: min(batch_size, CPU count)).
           max_file_bytes: larger image files are refused before they are read.
+          devices: a student's batches are split over this many local devices (on a CPU,
+            after `jax.config.update("jax_num_cpu_devices", n)`); a teacher uses one.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -339,6 +341,9 @@ class Scorer:
             raise ValueError(f"min_side must be >= 1, got {min_side}")
         if max_file_bytes < 1:
             raise ValueError(f"max_file_bytes must be >= 1, got {max_file_bytes}")
+        if devices < 1 or (devices > 1 and model_bundle.kind != "student"):
+            raise ValueError(f"devices must be >= 1 and only a student is split over several; "
+                             f"got {devices} for a {model_bundle.kind}")
         self.kind = model_bundle.kind
         self.source = source
         self.metadata = dict(model_bundle.metadata)
@@ -355,7 +360,9 @@ class Scorer:
                                                 dtype)
         self._prompts = (None if model_bundle.prompts is None
                          else inference.to_device(model_bundle.prompts, dtype))
-        self._student_forward = (inference.student_forward(self.module, self._variables)
+        self._devices = devices
+        self._student_forward = (inference.student_forward(self.module, self._variables,
+                                                           devices)
                                  if self.kind == "student" else None)
         self._seed = seed
         self._workers = preprocess_workers or max(1, min(batch_size, os.cpu_count() or 1))
@@ -385,7 +392,7 @@ class Scorer:
 
         The batch is padded to its bucket with zeros; the padding rows are dropped by the caller.
         """
-        size = inference.bucket_size(len(arrays), self.batch_size)
+        size = inference.bucket_size(len(arrays), self.batch_size, self._devices)
         batch = np.zeros((size,) + self.input_shape, np.float32)
         seeds = np.zeros((size,), np.uint32)
         sample = self.latent == "sample"

@@ -36,7 +36,8 @@ eager, ONNX Runtime; B7 at 512, Lite0 at 224 with the authors' 64x64 map; batch 
   done
 
 The JAX student_infer line runs the student as scoring does, its BatchNorms folded into the
-convolutions (`batch_norm`: "folded").
+convolutions (`batch_norm`: "folded"); `--cpu_devices=2` splits JAX's CPU into two devices and the
+batch over them (`devices` in the line), the README's second JAX column.
 
 `--torch` (needs requirements-dev.txt) runs the same work in PyTorch in this process, before the
 JAX program of each measurement; JAX then does not preallocate GPU memory
@@ -52,6 +53,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import jax
 from absl import app, flags
 
 from dpiqa_jax.dev import benchmark
@@ -98,6 +100,9 @@ _QUERY_CHUNK = flags.DEFINE_integer("query_chunk", None, "Teacher attention quer
 _SCORE_BATCHES = flags.DEFINE_list("score_batches", [str(b) for b in benchmark.SCORING_BATCHES],
                                     "Batch sizes of the scoring measurements, each measured in "
                                     "its own process.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 1, "Split JAX's CPU into this many devices and the JAX student_infer batch "
+    "over them (as `launch.score --cpu_devices` splits a student's batches).", lower_bound=1)
 _KEEP_GOING = flags.DEFINE_bool("keep_going", False,
                                 "On a failed measurement print an error line, go on, exit 1.")
 
@@ -236,6 +241,9 @@ def main(argv):
                              "resolution / 8)")
     if _TORCH.value:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if _CPU_DEVICES.value > 1:
+        # Before anything starts JAX's CPU backend (jax_platform below does).
+        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
     size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
                                     student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value,
                                     student_map_size=_STUDENT_MAP_SIZE.value)
@@ -245,7 +253,8 @@ def main(argv):
         steps=_STEPS.value, warmup=_WARMUP.value, seed=_SEED.value,
         peak_tflops=_PEAK_TFLOPS.value or None, teacher_training=teacher_training,
         student_training=cli.config_module("student").get_config("koniq10k"),
-        attention=_attention_kernel(teacher_training.attention.query_chunk))
+        attention=_attention_kernel(teacher_training.attention.query_chunk),
+        student_infer_devices=_CPU_DEVICES.value)
     results = []
     batches = scoring_batches()
     scoring = [m for m in measurements if m in benchmark.SCORING_MEASUREMENTS]

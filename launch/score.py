@@ -3,6 +3,7 @@ path,score,raw,status,error,map_path.
 
   python -m launch.score --checkpoint runs/koniq/best_model --output scores.csv photos/ '*.png' \
       @more.txt [--format csv|json] [--batch_size 8] [--save_maps maps/] [--latent mean|sample]
+      [--cpu_devices 2]
 
 --checkpoint: a bundle directory (ours or a converted authors' checkpoint), a training workdir
 (its best_model/), or a .safetensors file from `launch.export --format safetensors`.
@@ -32,6 +33,7 @@ import contextlib
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 from absl import flags
 
@@ -65,6 +67,10 @@ _MIN_SIDE = flags.DEFINE_integer("min_side", scorer.MIN_IMAGE_SIDE,
 _MOS_SCALE = flags.DEFINE_float("mos_scale", None, "Head output -> MOS factor, for models that "
                                 "do not record it.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar on stderr.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 1, "Student on a CPU: split JAX's CPU into this many devices and each batch "
+    "over them (the README's CPU table: 2 on a 2-core machine scores ~40% more images/s). "
+    "Use a --batch_size that is a multiple of it.", lower_bound=1)
 _FAILURES_SHOWN = 10
 _INTERRUPTED = 130
 
@@ -75,7 +81,7 @@ def _load_scorer() -> scorer.Scorer:
             _CHECKPOINT.value, batch_size=_BATCH_SIZE.value, latent=_LATENT.value,
             seed=_SEED.value, dtype=jnp.dtype(_DTYPE.value), max_pixels=_MAX_PIXELS.value,
             min_side=_MIN_SIDE.value, mos_scale=_MOS_SCALE.value,
-            max_file_bytes=_MAX_FILE_BYTES.value)
+            max_file_bytes=_MAX_FILE_BYTES.value, devices=_CPU_DEVICES.value)
     except (OSError, ValueError) as err:
         cli.exit_with_usage_error(f"cannot load --checkpoint: {err}")
 
@@ -100,6 +106,9 @@ def main(argv):
         cli.exit_with_usage_error("no inputs: pass image files, folders, globs or @list.txt")
     if _OUTPUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(_OUTPUT.value))):
         cli.exit_with_usage_error(f"--output {_OUTPUT.value}: its directory does not exist")
+    if _CPU_DEVICES.value > 1:
+        # Takes effect only before JAX's CPU backend starts, which nothing here has done yet.
+        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
     model = _load_scorer()
     paths, failed_inputs = score_files.expand_inputs(arguments)
     fmt = rows.output_format(_OUTPUT.value, _FORMAT.value)

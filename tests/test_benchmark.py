@@ -155,6 +155,16 @@ def test_onnxruntime_line_runs_the_exported_student():
                         ours["img_per_s"] / theirs["img_per_s"], rel_tol=1e-9)
 
 
+def test_cpu_devices_split_the_jax_student_infer_batch():
+    lines = {d: run_launcher("--size=tiny", "--only=student_infer", "--steps=2", "--warmup=1",
+                             f"--cpu_devices={d}") for d in (1, 2)}
+    (one,), (two,) = lines[1], lines[2]
+    assert (one["devices"], two["devices"]) == (1, 2)
+    check_model_record(two)
+    # XLA counts one device's share; the line counts the whole batch's work.
+    assert two["flops_per_image"] == one["flops_per_image"]
+
+
 def test_onnxruntime_needs_student_infer_and_student_map_size_a_student_only_run():
     result = run_module("launch.benchmark", "--only=teacher_infer", "--onnxruntime")
     assert result.returncode != 0 and "--onnxruntime measures student_infer" in result.stderr

@@ -179,6 +179,7 @@ def test_output_format_follows_the_extension_unless_given():
     (["--checkpoint", "/nonexistent/model", "a.png"], "cannot load --checkpoint"),
     (["--batch_size=0", "a.png"], "flag --batch_size=0"),
     (["--format", "xml", "a.png"], "flag --format=xml"),
+    (["--cpu_devices=0", "a.png"], "flag --cpu_devices=0"),
 ])
 def test_usage_errors_exit_2(student_dir, args, message):
     if "--checkpoint" not in args:
@@ -223,3 +224,20 @@ def test_cli_scores_folders_globs_lists_reports_failures_and_repeats_exactly(stu
     again = {r["path"]: r for r in _read_json(out_json)}
     for row in rows[:3]:
         assert again[row["path"]]["score"] == float(row["score"])
+
+
+def test_cpu_devices_split_a_students_batches_and_keep_its_scores(student_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _tree(photos)
+    runs = {}
+    for devices in ("1", "2"):
+        out = tmp_path / f"devices{devices}.csv"
+        completed = run_score("--checkpoint", student_dir, "--output", str(out),
+                              "--batch_size=2", "--cpu_devices", devices, str(photos))
+        assert completed.returncode == 0, completed.stderr
+        runs[devices] = {r["path"]: float(r["score"]) for r in _read_csv(out)}
+    assert runs["2"].keys() == runs["1"].keys() and len(runs["1"]) == 3
+    # Another compiled program (as another batch size), printed to 6 significant digits.
+    for path, score in runs["1"].items():
+        assert runs["2"][path] == pytest.approx(score, rel=2e-5)

@@ -28,7 +28,7 @@ Memory: `peak_memory_kind` says what `peak_memory_bytes` is: the JAX device's
 figure), torch's `max_memory_allocated` (reset per measurement), or on CPU the growth of the
 process's peak RSS during the measurement (0 when an earlier measurement peaked higher).
 `compiled_memory_bytes` is XLA's own figure for the JAX program (arguments + outputs + temporaries
-- donated aliases).
+- donated aliases), of one device's share when a line's `devices` > 1.
 """
 
 from __future__ import annotations
@@ -314,11 +314,13 @@ def xla_memory_bytes(compiled: Any) -> int | None:
 
 @dataclasses.dataclass
 class Program:
-    """A compiled JAX program and a call that runs it once on fixed inputs, blocking."""
+    """A compiled JAX program and a call that runs it once on fixed inputs, blocking; a program
+    split over `devices` reports XLA's cost and memory of one device's share."""
 
     compiled: Any
     compile_s: float
     run_step: Callable[[], Any]
+    devices: int = 1
 
 
 def _aot_compile(fn: Callable, *args, **jit_kwargs) -> tuple[Any, float]:
@@ -390,7 +392,8 @@ def teacher_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int
         compiled(params, inputs["image"], inputs["prompts"])))
 
 
-def student_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int) -> Program:
+def student_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int,
+                          devices: int = 1) -> Program:
     """`Student` in inference mode on `dtype` weights compiled as scoring compiles them
     (`inference.student_forward`): BatchNorms folded into the convolutions (`models.fold`), the
     variables closed over as constants; the whole batch in one call (scoring runs the same
@@ -405,8 +408,20 @@ def student_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int
     def infer(images):
         return module.apply(constants, images, train=False)
 
-    compiled, seconds = _aot_compile(infer, inputs["image"])
-    return Program(compiled, seconds, lambda: jax.block_until_ready(compiled(inputs["image"])))
+    if devices == 1:
+        compiled, seconds = _aot_compile(infer, inputs["image"])
+        return Program(compiled, seconds,
+                       lambda: jax.block_until_ready(compiled(inputs["image"])))
+    # The same program on each device's share of the batch, as a split scorer runs it.
+    if batch % devices or devices > len(jax.local_devices()):
+        raise ValueError(f"batch {batch} over {devices} devices: it must divide evenly, and "
+                         f"this process has {len(jax.local_devices())}")
+    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:devices]), ("images",))
+    split = jax.sharding.PartitionSpec("images")
+    images = jax.device_put(inputs["image"], jax.sharding.NamedSharding(mesh, split))
+    compiled, seconds = _aot_compile(jax.shard_map(infer, mesh=mesh, in_specs=split,
+                                                   out_specs=split), images)
+    return Program(compiled, seconds, lambda: jax.block_until_ready(compiled(images)), devices)
 
 
 def _donating_loop(compiled: Any, state: Any, frozen: Any, batch: Any) -> Callable[[], Any]:
@@ -492,6 +507,7 @@ class RunSettings:
         configs/student.py) whose optimizer, frozen parts, remat policy, master-weight dtype and
         loss weights the train steps use.
       attention: how the teacher's attention runs, in both teacher measurements.
+      student_infer_devices: local devices the JAX student_infer batch is split over.
     """
 
     size: BenchmarkSize
@@ -503,6 +519,7 @@ class RunSettings:
     teacher_training: ml_collections.ConfigDict
     student_training: ml_collections.ConfigDict
     attention: AttentionKernel = AttentionKernel()
+    student_infer_devices: int = 1
 
 
 def jax_program(measurement: str, settings: RunSettings) -> Program:
@@ -514,7 +531,7 @@ def jax_program(measurement: str, settings: RunSettings) -> Program:
         return teacher_train_program(size, dtype, batch, seed, settings.teacher_training,
                                      settings.attention)
     if measurement == STUDENT_INFER:
-        return student_infer_program(size, dtype, batch, seed)
+        return student_infer_program(size, dtype, batch, seed, settings.student_infer_devices)
     if measurement == STUDENT_TRAIN:
         return student_train_program(size, dtype, batch, seed, settings.student_training)
     raise ValueError(f"unknown model measurement {measurement!r}; expected one of "
@@ -531,6 +548,7 @@ def measure_jax(measurement: str, settings: RunSettings) -> Record:
     peak_bytes, peak_kind = probe.result()
     batch = settings.size.batch(measurement)
     flops = xla_flops(program.compiled)
+    flops = None if flops is None else flops * program.devices
     peak_tflops = settings.peak_tflops or default_peak_tflops(device.device_kind,
                                                               settings.dtype)
     return Record(
@@ -581,7 +599,7 @@ def measure_onnxruntime(settings: RunSettings, threads: int) -> Record:
 def _model_extra(measurement: str, settings: RunSettings) -> dict[str, Any]:
     if measurement == STUDENT_INFER:
         return {"student_backbone": settings.size.student.backbone, "batch_norm": "folded",
-                "weights_as": "constants"}
+                "weights_as": "constants", "devices": settings.student_infer_devices}
     if measurement.startswith("student"):
         return {"student_backbone": settings.size.student.backbone}
     return {"context_tokens": settings.size.num_prompts,
