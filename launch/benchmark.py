@@ -37,7 +37,7 @@ eager, ONNX Runtime; B7 at 512, Lite0 at 224 with the authors' 64x64 map; batch 
 
 The JAX student_infer line runs the student as scoring does, its BatchNorms folded into the
 convolutions (`batch_norm`: "folded"); `--cpu_devices=2` splits JAX's CPU into two devices and the
-batch over them (`devices` in the line), the README's second JAX column.
+batch over them (`devices` in the line), the README's two-device rows.
 
 `--torch` (needs requirements-dev.txt) runs the same work in PyTorch in this process, before the
 JAX program of each measurement; JAX then does not preallocate GPU memory
