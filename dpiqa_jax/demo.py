@@ -25,10 +25,10 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-import scipy.stats
 from absl import logging
 
 from dpiqa_jax import demo_data, demo_maps
+from dpiqa_jax.eval import metrics as metrics_lib
 from dpiqa_jax.eval import protocol
 from dpiqa_jax.scorer import Scorer
 from dpiqa_jax.train import run
@@ -128,12 +128,6 @@ def _read_scores(out: str, name: str) -> dict[str, float]:
         return {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
 
 
-def _srcc(predictions: np.ndarray, labels: np.ndarray) -> float:
-    if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
-        return float("nan")
-    return float(scipy.stats.spearmanr(predictions, labels)[0])
-
-
 def ordering_figures(records: Sequence[demo_data.DemoRecord], scores: Mapping[str, float]
                      ) -> dict[str, float]:
     """Where the held-out SRCC is lost: within one content, or between contents.
@@ -154,13 +148,13 @@ def ordering_figures(records: Sequence[demo_data.DemoRecord], scores: Mapping[st
         kinds = np.asarray([r.distortion for r in views])
         for kind in demo_data.DISTORTIONS:
             chosen = (kinds == kind) | (kinds == "pristine")
-            within.append(_srcc(predicted[chosen], labels[chosen]))
+            within.append(metrics_lib.srcc(predicted[chosen], labels[chosen]))
         centred_scores.append(predicted - predicted.mean())
         centred_labels.append(labels - labels.mean())
     return {"within_view_srcc": float(np.nanmean(within)) if np.isfinite(within).any()
             else float("nan"),
-            "offset_removed_srcc": _srcc(np.concatenate(centred_scores),
-                                         np.concatenate(centred_labels))}
+            "offset_removed_srcc": metrics_lib.srcc(np.concatenate(centred_scores),
+                                                    np.concatenate(centred_labels))}
 
 
 def split_records(settings: DemoSettings) -> dict[str, list[demo_data.DemoRecord]]:

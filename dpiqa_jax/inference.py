@@ -210,15 +210,21 @@ def student_forward(module: Any, variables: Any, devices: int = 1) -> Any:
         return _one_image_at_a_time(
             lambda image: apply_model(module, constants, None, image, {}), images)
 
+    return jax.jit(split_batch(run, devices))
+
+
+def split_batch(fn: Any, devices: int) -> Any:
+    """`fn` (images [B, ...] -> outputs [B, ...]) run on each of the first `devices` local
+    devices over its share of the batch (B a multiple of `devices`); `fn` itself for one."""
     if devices == 1:
-        return jax.jit(run)
+        return fn
     local = jax.local_devices()
     if devices > len(local):
         raise ValueError(f"cannot spread scoring over {devices} devices: this process has "
                          f"{len(local)} ({local[0].platform})")
     mesh = jax.sharding.Mesh(np.asarray(local[:devices]), ("images",))
     images = jax.sharding.PartitionSpec("images")
-    return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=images, out_specs=images))
+    return jax.shard_map(fn, mesh=mesh, in_specs=images, out_specs=images)
 
 
 def bucket_sizes(batch_size: int) -> tuple[int, ...]:

@@ -247,6 +247,9 @@ def main(argv):
     size = benchmark.benchmark_size(_SIZE.value, resolution=_RESOLUTION.value,
                                     student_backbone=_STUDENT_BACKBONE.value, batch=_BATCH.value,
                                     student_map_size=_STUDENT_MAP_SIZE.value)
+    if size.student_batch % _CPU_DEVICES.value:
+        raise app.UsageError(f"--cpu_devices={_CPU_DEVICES.value} must divide the student's "
+                             f"batch ({size.student_batch})")
     teacher_training = cli.config_module("teacher").get_config("koniq10k")
     settings = benchmark.RunSettings(
         size=size, dtype=benchmark.compute_dtype(_DTYPE.value, benchmark.jax_platform()),

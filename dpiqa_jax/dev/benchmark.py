@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from dpiqa_jax import bundle, scorer
+from dpiqa_jax import bundle, inference, scorer
 from dpiqa_jax.dev.sd_parity import CONTEXT_TOKENS, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from dpiqa_jax.models import fold
 from dpiqa_jax.models.adapters import ImageAdapterConfig
@@ -408,20 +408,12 @@ def student_infer_program(size: BenchmarkSize, dtype: str, batch: int, seed: int
     def infer(images):
         return module.apply(constants, images, train=False)
 
-    if devices == 1:
-        compiled, seconds = _aot_compile(infer, inputs["image"])
-        return Program(compiled, seconds,
-                       lambda: jax.block_until_ready(compiled(inputs["image"])))
-    # The same program on each device's share of the batch, as a split scorer runs it.
-    if batch % devices or devices > len(jax.local_devices()):
-        raise ValueError(f"batch {batch} over {devices} devices: it must divide evenly, and "
-                         f"this process has {len(jax.local_devices())}")
-    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:devices]), ("images",))
-    split = jax.sharding.PartitionSpec("images")
-    images = jax.device_put(inputs["image"], jax.sharding.NamedSharding(mesh, split))
-    compiled, seconds = _aot_compile(jax.shard_map(infer, mesh=mesh, in_specs=split,
-                                                   out_specs=split), images)
-    return Program(compiled, seconds, lambda: jax.block_until_ready(compiled(images)), devices)
+    if batch % devices:
+        raise ValueError(f"batch {batch} does not split evenly over {devices} devices")
+    # Split as a scorer splits it: the same program on each device's share of the batch.
+    compiled, seconds = _aot_compile(inference.split_batch(infer, devices), inputs["image"])
+    return Program(compiled, seconds, lambda: jax.block_until_ready(compiled(inputs["image"])),
+                   devices)
 
 
 def _donating_loop(compiled: Any, state: Any, frozen: Any, batch: Any) -> Callable[[], Any]:
